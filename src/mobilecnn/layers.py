@@ -1,0 +1,271 @@
+"""The building blocks the three papers describe; every model in :mod:`mobilecnn.models` is built from these.
+
+* :func:`channel_shuffle` / :class:`ChannelShuffle` -- ShuffleNet (arXiv 1707.01083) section 3.1.
+* :func:`conv_bn_act` / :class:`ConvBNAct` -- convolution + BatchNorm + optional activation.
+* :func:`group_pointwise_conv` -- 1x1 group convolution (ShuffleNet section 3.1).
+* :class:`DepthwiseSeparableConv` -- MobileNet V1 (arXiv 1704.04861) section 3.1, Figure 3.
+* :class:`InvertedResidual` -- MobileNetV2 (arXiv 1801.04381) section 3.3, Table 1.
+* :class:`ShuffleNetUnit` -- ShuffleNet Figure 2 (b) stride 1 and (c) stride 2.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "channel_shuffle",
+    "ChannelShuffle",
+    "ConvBNAct",
+    "conv_bn_act",
+    "group_pointwise_conv",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "ShuffleNetUnit",
+    "make_divisible",
+]
+
+ActFactory = Callable[[], nn.Module] | None
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never going below 90% of it.
+
+    This is the MobileNetV2 width rounding of the authors' TF-slim code (SPEC.md):
+    ``max(divisor, int(v + divisor / 2) // divisor * divisor)``, plus one ``divisor`` if that fell
+    below 0.9 v.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+_NATIVE_CL_MAX_NUMEL = 1 << 21
+
+
+def _tracing() -> bool:
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Shuffle the channels of an NCHW tensor across ``groups`` (ShuffleNet section 3.1).
+
+    With C = g * n channels, the channel axis is viewed as (g, n), transposed to (n, g) and flattened:
+    output channel ``k = i * g + j`` takes input channel ``j * n + i``. Values are identical for
+    contiguous (NCHW) and channels_last inputs, and the output keeps the input's memory format.
+    When tracing or exporting only reshape/transpose are used, so the op exports to ONNX (Reshape +
+    Transpose) and is delegated by every runtime tested (see MEASURED.md); in eager mode small
+    channels_last tensors go to PyTorch's native channel-shuffle kernel (same values, faster).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"channel_shuffle expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    batch, channels, height, width = x.shape
+    if not _tracing() and (groups < 1 or channels % groups != 0):
+        raise ValueError(f"channel_shuffle: groups={groups} must be >= 1 and divide the {channels} channels")
+    if groups == 1:
+        return x
+    per_group = channels // groups
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if channels_last and x.numel() <= _NATIVE_CL_MAX_NUMEL and not _tracing():
+        # Measured (benchmarks/shuffle_cost.py): PyTorch's own channels-last kernel is 2-4x faster
+        # than the reshape/transpose copy below up to ~2M elements, and slower above.
+        return torch.channel_shuffle(x, groups)
+    if channels_last:
+        # The seed's NHWC code, on the NHWC view of a channels_last tensor: the copy made by the
+        # final reshape is NHWC-contiguous, so the result stays channels_last.
+        nhwc = x.permute(0, 2, 3, 1)
+        nhwc = nhwc.reshape(batch, height, width, groups, per_group).transpose(3, 4)
+        return nhwc.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+    x = x.reshape(batch, groups, per_group, height, width).transpose(1, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+class ChannelShuffle(nn.Module):
+    """Module form of :func:`channel_shuffle`."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"ChannelShuffle: groups must be a positive integer, got {groups!r}")
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+class ConvBNAct(nn.Sequential):
+    """``Conv2d(bias=False) -> BatchNorm2d -> activation`` with "same" padding for odd kernels.
+
+    ``act=None`` leaves the output linear (MobileNetV2's projection, ShuffleNet's last 1x1).
+    Children are named ``conv``, ``bn`` and ``act`` so BN folding and quantization find them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: ActFactory = nn.ReLU,
+    ) -> None:
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ConvBNAct: {arg} must be a positive integer, got {value!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"ConvBNAct: groups={groups} must divide both in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        if stride not in (1, 2):
+            raise ValueError(f"ConvBNAct: stride must be 1 or 2, got {stride!r}")
+        layers: dict[str, nn.Module] = {
+            "conv": nn.Conv2d(
+                in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False
+            ),
+            "bn": nn.BatchNorm2d(out_channels),
+        }
+        if act is not None:
+            layers["act"] = act()
+        super().__init__()
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+
+
+def conv_bn_act(
+    in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, act: ActFactory = nn.ReLU
+) -> ConvBNAct:
+    """Functional alias of :class:`ConvBNAct`."""
+    return ConvBNAct(in_channels, out_channels, kernel_size, stride, groups, act)
+
+
+def group_pointwise_conv(in_channels: int, out_channels: int, groups: int, act: ActFactory = nn.ReLU) -> ConvBNAct:
+    """1x1 group convolution + BN (+ activation): ShuffleNet's pointwise group convolution.
+
+    Each output channel sees only the ``in_channels / groups`` inputs of its own group, cutting the
+    1x1 cost by ``groups`` (ShuffleNet section 3.1).
+    """
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"group pointwise conv: groups={groups} must divide in_channels={in_channels} and "
+            f"out_channels={out_channels}"
+        )
+    return ConvBNAct(in_channels, out_channels, kernel_size=1, groups=groups, act=act)
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """MobileNet V1 block (Figure 3): 3x3 depthwise + BN + ReLU, then 1x1 pointwise + BN + ReLU.
+
+    Cost on an F x F output: F^2 D K^2 + F^2 D C instead of F^2 D K^2 C (MobileNet V1 eq. 5).
+    """
+
+    kernel_size = 3
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: ActFactory = nn.ReLU) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels, act=act)
+        self.pointwise = ConvBNAct(in_channels, out_channels, 1, act=act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 bottleneck (Table 1): expand 1x1 (ReLU6) -> 3x3 depthwise (ReLU6) -> linear 1x1.
+
+    There is no expansion conv when ``expand_ratio == 1`` and the residual is added only when
+    ``stride == 1`` and ``in_channels == out_channels`` (section 3.3 / Figure 4).
+    """
+
+    kernel_size = 3
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, act: ActFactory = nn.ReLU6) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride!r}")
+        if expand_ratio < 1:
+            raise ValueError(f"InvertedResidual: expand_ratio must be >= 1, got {expand_ratio!r}")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        hidden = int(round(in_channels * expand_ratio))
+        self.use_residual = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNAct(in_channels, hidden, 1, act=act))
+        layers.append(ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=act))
+        layers.append(ConvBNAct(hidden, out_channels, 1, act=None))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class ShuffleNetUnit(nn.Module):
+    """ShuffleNet unit (Figure 2 b/c).
+
+    Branch: 1x1 group conv (BN, ReLU) -> channel shuffle -> 3x3 depthwise, stride s (BN, no ReLU)
+    -> 1x1 group conv (BN). Bottleneck width = ``out_channels / 4``.
+
+    * stride 1: ``ReLU(x + branch(x))``; requires ``in_channels == out_channels``.
+    * stride 2: ``concat(AvgPool3x3s2(x), ReLU(branch(x)))``; the branch makes
+      ``out_channels - in_channels`` channels.
+
+    ``group_first_pointwise=False`` leaves the first 1x1 ungrouped (Stage 2's first unit, section 3.3);
+    ``shuffle=False`` removes the shuffle for the Table 3 ablation.
+    """
+
+    kernel_size = 3
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        groups: int,
+        group_first_pointwise: bool = True,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"ShuffleNetUnit: stride must be 1 or 2, got {stride!r}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"ShuffleNetUnit: a stride-1 unit adds its input, so in_channels ({in_channels}) must equal "
+                f"out_channels ({out_channels})"
+            )
+        branch_out = out_channels - in_channels if stride == 2 else out_channels
+        if branch_out < 1:
+            raise ValueError(
+                f"ShuffleNetUnit: a stride-2 unit needs out_channels ({out_channels}) > in_channels ({in_channels})"
+            )
+        mid = out_channels // 4
+        first_groups = groups if group_first_pointwise else 1
+        for what, value, div in (
+            ("bottleneck width out_channels/4", mid, groups),
+            ("input channels", in_channels, first_groups),
+            ("branch output channels", branch_out, groups),
+        ):
+            if value % div:
+                raise ValueError(f"ShuffleNetUnit: groups={div} does not divide the {what} ({value})")
+        self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
+        self.compress = group_pointwise_conv(in_channels, mid, first_groups, act=nn.ReLU)
+        self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else nn.Identity()
+        self.depthwise = ConvBNAct(mid, mid, 3, stride, groups=mid, act=None)
+        self.expand = group_pointwise_conv(mid, branch_out, groups, act=None)
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
+        if self.stride == 1:
+            return F.relu(x + branch)
+        return torch.cat((self.shortcut(x), F.relu(branch)), dim=1)

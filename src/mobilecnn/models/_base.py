@@ -1,0 +1,105 @@
+"""What every classifier in the zoo shares: argument checks, input checks, pool + classifier head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def check_positive_int(owner: str, arg: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {arg} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_width(owner: str, arg: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+        raise ValueError(f"{owner}: {arg} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _exporting() -> bool:
+    return bool(
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+class ClassifierNet(nn.Module):
+    """Base: ``features`` (an ``nn.Sequential``), global average pool, ``classifier``.
+
+    ``total_stride`` is the network's downsampling factor; an input smaller than it would be
+    reduced to a padding-only feature map, so :meth:`forward` refuses it with a clear message.
+    """
+
+    def __init__(self, owner: str, in_chans: int, num_classes: int, total_stride: int, small_input: bool) -> None:
+        super().__init__()
+        self.owner = owner
+        self.in_chans = check_positive_int(owner, "in_chans", in_chans)
+        self.num_classes = check_positive_int(owner, "num_classes", num_classes)
+        if not isinstance(small_input, bool):
+            raise ValueError(f"{owner}: small_input must be True or False, got {small_input!r}")
+        self.small_input = small_input
+        self.total_stride = total_stride
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest input side the network accepts (one output pixel per stride)."""
+        return self.total_stride
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming the problem when ``x`` cannot go through this network."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.owner}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{self.owner}: expected a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{self.owner}: expected {self.in_chans} input channel(s) (in_chans={self.in_chans}), got "
+                f"{x.shape[1]} in a tensor of shape {tuple(x.shape)}"
+            )
+        height, width = int(x.shape[2]), int(x.shape[3])
+        if min(height, width) < self.min_input_size:
+            hint = "" if self.small_input else "; for 28-64 px images build it with small_input=True"
+            raise ValueError(
+                f"{self.owner}: input {height}x{width} is too small: this network downsamples by "
+                f"{self.total_stride}, so height and width must be at least {self.min_input_size}{hint}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{self.owner}: expected a floating-point tensor, got dtype {x.dtype}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _exporting():
+            self.check_input(x)
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final Linear with a fresh one for ``num_classes`` classes (fine-tuning)."""
+        check_positive_int(self.owner, "num_classes", num_classes)
+        linear = self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
+        new = nn.Linear(linear.in_features, num_classes)
+        if isinstance(self.classifier, nn.Sequential):
+            self.classifier[-1] = new
+        else:
+            self.classifier = new
+        self.num_classes = num_classes
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convs, unit BN, small-normal classifier: the torchvision/timm default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)

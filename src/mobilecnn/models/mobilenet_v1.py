@@ -1,0 +1,78 @@
+"""MobileNet V1 (Howard et al., arXiv 1704.04861): the baseline of ShuffleNet's Table 5.
+
+Table 1 body as data (:data:`BLOCKS`), built from :class:`DepthwiseSeparableConv`; the width
+multiplier alpha scales every layer with ``int(c * alpha)`` (section 4.2).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers import ConvBNAct, DepthwiseSeparableConv
+from ..registry import Published, register_model
+from ._base import ClassifierNet, check_width, init_weights
+
+__all__ = ["MobileNetV1", "BLOCKS", "PUBLISHED"]
+
+STEM_CHANNELS = 32
+#: Table 1: (output channels, stride) of the 13 depthwise separable blocks.
+BLOCKS: list[tuple[int, int]] = [
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+]
+
+
+class MobileNetV1(ClassifierNet):
+    """MobileNet V1 at width ``alpha``. ``small_input=True``: stride-1 stem (total stride 16)."""
+
+    def __init__(
+        self, alpha: float = 1.0, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        owner = f"MobileNet V1 (width {alpha})"
+        super().__init__(owner, in_chans, num_classes, total_stride=16 if small_input else 32, small_input=small_input)
+        alpha = check_width(owner, "alpha", alpha)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+
+        def scaled(c: int) -> int:
+            return max(1, int(c * alpha))
+
+        self.alpha = alpha
+        in_ch = scaled(STEM_CHANNELS)
+        layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2)]
+        for c, s in BLOCKS:
+            layers.append(DepthwiseSeparableConv(in_ch, scaled(c), s))
+            in_ch = scaled(c)
+        self.features = nn.Sequential(*layers)
+        self.num_features = in_ch
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_ch, num_classes))
+        init_weights(self)
+
+
+_WIDTHS = {
+    # key: (alpha, {resolution: MMACs}, params M, ImageNet top-1 %) from Tables 6 and 7
+    "0_25": (0.25, {224: 41}, 0.5, 50.6),
+    "0_5": (0.5, {224: 149}, 1.3, 63.7),
+    "0_75": (0.75, {224: 325}, 2.6, 68.4),
+    "1_0": (1.0, {224: 569, 192: 418, 160: 290, 128: 186}, 4.2, 70.6),
+}
+
+PUBLISHED: dict[str, Published] = {}
+
+
+def _register_all() -> None:
+    for key, (alpha, macs, params, top1) in _WIDTHS.items():
+        name = f"mobilenet_v1_x{key}"
+
+        def builder(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                    dropout: float = 0.0, _a: float = alpha) -> MobileNetV1:
+            return MobileNetV1(_a, num_classes, in_chans, small_input, dropout)
+
+        builder.__name__ = builder.__qualname__ = name
+        builder.__doc__ = f"MobileNet V1 width {alpha:g}."
+        PUBLISHED[name] = Published("MobileNet V1 Tables 6/7", macs, params=params, top1_error=round(100 - top1, 1))
+        register_model(name, builder, "mobilenet_v1", PUBLISHED[name])
+
+
+_register_all()

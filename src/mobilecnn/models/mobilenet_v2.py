@@ -1,0 +1,113 @@
+"""MobileNetV2 (Sandler, Howard, Zhu, Zhmoginov, Chen; CVPR 2018, arXiv 1801.04381).
+
+Table 2 body as data (:data:`INVERTED_RESIDUAL_SETTING`), built from :class:`InvertedResidual`.
+Widths are rounded with :func:`make_divisible` (divisor 8, the authors' TF-slim rule); the final
+1280-channel conv is not reduced for widths below 1 (section 6.1).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers import ConvBNAct, InvertedResidual, make_divisible
+from ..registry import Published, register_model
+from ._base import ClassifierNet, check_width, init_weights
+
+__all__ = ["MobileNetV2", "INVERTED_RESIDUAL_SETTING", "PUBLISHED"]
+
+#: Table 2: expansion t, output channels c, repeats n, first stride s.
+INVERTED_RESIDUAL_SETTING: list[tuple[int, int, int, int]] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+STEM_CHANNELS = 32
+LAST_CHANNELS = 1280
+RESOLUTIONS = (224, 192, 160, 128, 96)
+
+
+class MobileNetV2(ClassifierNet):
+    """MobileNetV2 at width ``width_mult``.
+
+    ``small_input=True``: stride-1 stem and the first stride-2 stage (t=6, c=24) at stride 1
+    (SPEC.md), total stride 8 instead of 32.
+    """
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        small_input: bool = False,
+        dropout: float = 0.2,
+    ) -> None:
+        owner = f"MobileNetV2 (width {width_mult})"
+        super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
+        width_mult = check_width(owner, "width_mult", width_mult)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+        self.width_mult = width_mult
+        in_ch = make_divisible(STEM_CHANNELS * width_mult)
+        last = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
+        layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2, act=nn.ReLU6)]
+        first_downsample_done = False
+        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+            out_ch = make_divisible(c * width_mult)
+            if s == 2 and not first_downsample_done:
+                first_downsample_done = True
+                if small_input:
+                    s = 1
+            for i in range(n):
+                layers.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t))
+                in_ch = out_ch
+        layers.append(ConvBNAct(in_ch, last, 1, act=nn.ReLU6))
+        self.features = nn.Sequential(*layers)
+        self.num_features = last
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        init_weights(self)
+
+
+#: Figures of the MobileNetV2 paper (Table 4 and the width x resolution grid of Figure 5/appendix);
+#: params are without BN at 1000 classes (the paper's 6.9M for 1.4 is a known error: 6.06M). The grid
+#: truncates to the million: every count here lies in [P, P + 1), e.g. 0.35 @ 96 is 11.93 M, printed 11.
+_MADDS = {
+    "0_35": (0.35, [59, 43, 30, 20, 11]),
+    "0_5": (0.5, [97, 71, 50, 32, 18]),
+    "0_75": (0.75, [209, 153, 107, 69, 39]),
+    "1_0": (1.0, [300, 221, 154, 99, 56]),
+    "1_3": (1.3, [509]),
+    "1_4": (1.4, [582]),
+}
+_PARAMS = {"1_0": 3.47, "1_4": 6.06}
+_TOP1_ERROR = {"1_0": 28.0, "1_4": 25.3}  # Table 4: 72.0% and 74.7% top-1
+
+PUBLISHED: dict[str, Published] = {}
+
+
+def _register_all() -> None:
+    for key, (width, madds) in _MADDS.items():
+        name = f"mobilenet_v2_x{key}"
+
+        def builder(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                    dropout: float = 0.2, _w: float = width) -> MobileNetV2:
+            return MobileNetV2(_w, num_classes, in_chans, small_input, dropout)
+
+        builder.__name__ = builder.__qualname__ = name
+        builder.__doc__ = f"MobileNetV2 width {width:g}."
+        PUBLISHED[name] = Published(
+            "MobileNetV2 Table 4 / MAdds grid",
+            dict(zip(RESOLUTIONS, madds)),
+            params=_PARAMS.get(key),
+            params_step=0.01,
+            top1_error=_TOP1_ERROR.get(key),
+            macs_rounding="floor",
+            note="the MAdds grid truncates to the million (0.35 @ 96: 11.93 M printed as 11)",
+        )
+        register_model(name, builder, "mobilenet_v2", PUBLISHED[name])
+
+
+_register_all()
