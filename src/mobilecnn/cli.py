@@ -16,7 +16,13 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit status 2."""
 
 
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -75,6 +81,90 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TrainProgress:
+    """Rich progress bar fed by :func:`mobilecnn.train.train`'s callback."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=_err, transient=False,
+        )
+        self.task = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "start":
+            s = info["settings"]
+            data = info["info"]
+            _err.print(
+                f"{data.name}: {data.train_size} train / {data.val_size} val images, {data.num_classes} classes, "
+                f"{data.resolution}px | recipe {s['recipe']}: lr {s['lr']:.4g} {s['schedule']}, wd {s['weight_decay']:g}, "
+                f"label smoothing {s['label_smoothing']:g}, EMA {s['ema'] or 'off'} | {s['world_size']} process(es) x "
+                f"{s['threads_per_process']} thread(s)", highlight=False,
+            )
+            if info.get("resumed_from"):
+                _err.print(f"resuming from {info['resumed_from']} (step {info['step']})", highlight=False)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=info["total_steps"], completed=info["step"], stats="")
+        elif event == "step" and self.task is not None:
+            self.progress.update(
+                self.task, completed=info["step"], description=f"epoch {info['epoch'] + 1}",
+                stats=f"loss {info['loss']:.3f} acc {info['accuracy']:.1f}% {info['img_per_s']:.0f} img/s",
+            )
+        elif event == "epoch":
+            val = f", val top-1 {info['val_top1']:.2f}%" if "val_top1" in info else ""
+            self.progress.console.print(
+                f"epoch {info['epoch']:.2f}: train loss {info['train_loss']:.4f}, acc {info['train_accuracy']:.2f}%"
+                f"{val}, {info['train_img_per_s']:.0f} img/s", highlight=False)
+        elif event == "end":
+            self.progress.stop()
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, data=args.data, data_dir=args.data_dir, out=args.out or f"runs/{args.model}",
+        recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing, ema=args.ema,
+        channels_last=args.channels_last, amp=args.amp, seed=args.seed, resume=args.resume, subset=args.subset,
+        val_subset=args.val_subset, resolution=args.resolution, checkpoint_every=args.checkpoint_every,
+        workers=args.workers, on_corrupt=args.on_corrupt, threads=args.threads, max_steps=args.max_steps,
+        small_input=args.small_input,
+    )
+    bar = _TrainProgress()
+    try:
+        result = train(cfg, callback=bar)
+    finally:
+        bar.close()
+    if result.get("val_top1") is not None:
+        print(f"done: val top-1 {result['val_top1']:.2f}% (top-5 {result['val_top5']:.2f}%); run directory {result['run_dir']}")
+    else:
+        print(f"done: run directory {result['run_dir']}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(args.run, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size,
+                          subset=args.subset, out_dir=args.out, prefer_ema=not args.no_ema, workers=args.workers)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items()}, indent=2))
+        return 0
+    print(f"{result['model']} ({result['weights']} weights) on {result['data']}: {result['samples']} images")
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    width = max(len(c) for c in result["class_names"])
+    for name, acc in zip(result["class_names"], result["per_class_accuracy"]):
+        print(f"  {name.ljust(width)}  {acc:6.2f}%")
+    print(f"wrote {result['outputs']['json']} and {result['outputs']['confusion_png']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -99,20 +189,73 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="regenerate the papers' complexity tables beside the published figures")
     p.add_argument("--out", default=None, help="write the Markdown to this file instead of stdout")
     p.set_defaults(func=_cmd_tables)
+
+    p = sub.add_parser("train", help="train a model (Fashion-MNIST by default); works under torchrun")
+    p.add_argument("--model", required=True, help="registered model name (see `mobilecnn list`)")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, or a folder with train/ and val/")
+    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST/CIFAR live (default: $MOBILECNN_DATA_DIR or "
+                   "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
+    p.add_argument("--recipe", default=None, help="fast (default on small datasets), shufflenet, mobilenetv2")
+    p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch, kept under torchrun")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, scaled by batch)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--schedule", default=None, choices=["linear", "cosine", "onecycle", "exponential", "constant"])
+    p.add_argument("--warmup", type=float, default=None, help="warm-up epochs")
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--ema", type=float, default=None, help="EMA decay (0 = off)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    p.add_argument("--subset", type=int, default=None, help="train on N images (a seeded random subset)")
+    p.add_argument("--val-subset", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=None, help="image side (default 32 for small datasets, 224 for folders)")
+    p.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=None,
+                   help="small-image stem (default: on for resolution <= 64)")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for image folders")
+    p.add_argument("--on-corrupt", choices=["skip", "error"], default="skip", help="corrupt images in a folder")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5/per-class accuracy and confusion matrix of a trained run")
+    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--subset", type=int, default=None, help="evaluate on N validation images")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/eval)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "resolution", 0) is None:
-        args.resolution = 32 if getattr(args, "small_input", False) else 224
+    if args.command == "profile" and args.resolution is None:
+        args.resolution = 32 if args.small_input else 224
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        _err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False, markup=True)
         return 2
+    except OSError as exc:  # disk full, read-only output...
+        _err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False, markup=True)
+        return 1
+    except RuntimeError as exc:
+        from .train import NonFiniteLossError
+
+        if isinstance(exc, NonFiniteLossError):
+            _err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False, markup=True)
+            return 3
+        raise
     except KeyboardInterrupt:
         _err.print("interrupted")
         return 130

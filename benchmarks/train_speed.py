@@ -1,0 +1,167 @@
+"""Training speed on this machine, side by side with a plain PyTorch loop (issue 3, item 5).
+
+1. Throughput: ``mobilenet_v2_x0_5`` (small input, 32 px) trained by ``mobilecnn.train`` against a plain
+   loop (NCHW fp32, SGD) over torchvision's ``mobilenet_v2(width_mult=0.5)`` given the same small-input
+   stem (stride-1 stem, first stride-2 stage at stride 1) and the same batches. Aim: >= 1.5x.
+2. Time to 90% Fashion-MNIST test accuracy: ``shufflenet_v1_g3_x0_5`` (small input) with the default
+   recipe against the plain loop (one-cycle SGD, batch 128) over torchvision's ``shufflenet_v2_x0_5``
+   with the same small-input stem. Aim: at most half the plain loop's time, and under 4 minutes.
+
+Both sides read the same in-memory Fashion-MNIST batches (``mobilecnn.data.TensorBatches``: same
+order, same augmentation), so the difference is the model, the loop and the recipe. Training time
+excludes evaluation. Usage: ``python benchmarks/train_speed.py [--quick] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from mobilecnn.data import load_data
+from mobilecnn.train import TrainConfig, evaluate_model, train
+from mobilecnn.utils import atomic_write_text
+
+
+def torchvision_small(name: str, num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+    """torchvision model with the small-input stem of SPEC.md (what a user would write by hand)."""
+    if name == "mobilenet_v2":
+        m = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=num_classes)
+        stem = m.features[0][0]
+        m.features[0][0] = nn.Conv2d(in_chans, stem.out_channels, 3, 1, 1, bias=False)
+        # first stride-2 inverted residual (t=6, c=24) to stride 1
+        for mod in m.features[2].modules():
+            if isinstance(mod, nn.Conv2d) and mod.stride == (2, 2):
+                mod.stride = (1, 1)
+        return m
+    if name == "shufflenet_v2_x0_5":
+        m = torchvision.models.shufflenet_v2_x0_5(num_classes=num_classes)
+        m.conv1[0] = nn.Conv2d(in_chans, 24, 3, 1, 1, bias=False)
+        m.maxpool = nn.Identity()
+        return m
+    raise ValueError(name)
+
+
+class _Accuracy:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __call__(self, model) -> float:
+        return evaluate_model(model, self.loader, num_classes=10)["top1"]
+
+
+def plain_loop(model: nn.Module, batch_size: int, epochs: float, lr: float, *, target: float | None,
+               max_steps: int | None = None, eval_every: int | None = None, seed: int = 0) -> dict:
+    """The plain PyTorch loop: NCHW fp32, SGD momentum 0.9 + OneCycleLR, cross-entropy."""
+    train_loader, val_loader, _ = load_data("fashion-mnist", batch_size=batch_size, seed=seed)
+    steps_per_epoch = len(train_loader)
+    total = int(epochs * steps_per_epoch)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+    accuracy = _Accuracy(val_loader)
+    eval_every = eval_every or steps_per_epoch // 2
+    step, train_time, curve = 0, 0.0, []
+    reached = None
+    epoch = 0
+    while step < total:
+        model.train()
+        t0 = time.perf_counter()
+        for x, y in train_loader.batches(epoch):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step % eval_every == 0 or step == total or (max_steps and step >= max_steps):
+                train_time += time.perf_counter() - t0
+                acc = accuracy(model) if target is not None else None
+                curve.append({"step": step, "epoch": step / steps_per_epoch, "train_time_s": train_time, "val_top1": acc})
+                if target is not None and acc >= target and reached is None:
+                    reached = train_time
+                model.train()
+                t0 = time.perf_counter()
+            if step >= total or reached is not None or (max_steps and step >= max_steps):
+                break
+        if reached is not None or (max_steps and step >= max_steps):
+            break
+        train_time += time.perf_counter() - t0 if step % eval_every else 0.0
+        epoch += 1
+    return {"steps": step, "train_time_s": train_time, "img_per_s": step * batch_size / max(train_time, 1e-9),
+            "time_to_target_s": reached, "curve": curve}
+
+
+def ours(model: str, batch_size: int, epochs: float, *, max_steps: int | None = None, target: float | None = None,
+         **kw) -> dict:
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(model=model, out=os.path.join(tmp, "run"), batch_size=batch_size, epochs=epochs,
+                          max_steps=max_steps, checkpoint_every=10**9, **kw)
+        train(cfg, callback=lambda ev, info: records.append(dict(info)) if ev == "epoch" else None)
+    elapsed = 0.0
+    reached = None
+    curve = []
+    for r in records:
+        elapsed += r["train_time_s"]
+        curve.append({"epoch": r["epoch"], "train_time_s": elapsed, "val_top1": r.get("val_top1"),
+                      "train_img_per_s": r["train_img_per_s"]})
+        if target is not None and reached is None and r.get("val_top1", 0) >= target:
+            reached = elapsed
+    steps = records[-1]["step"] if records else 0
+    return {"steps": steps, "train_time_s": elapsed, "img_per_s": steps * batch_size / max(elapsed, 1e-9),
+            "time_to_target_s": reached, "curve": curve}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="throughput only, few steps (smoke run)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--throughput-steps", type=int, default=60)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_speed.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result: dict = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+                    "threads": args.threads, "load_average_start": os.getloadavg()}
+
+    steps = 10 if args.quick else args.throughput_steps
+    torch.manual_seed(0)
+    plain = plain_loop(torchvision_small("mobilenet_v2"), 128, 1, 0.2, target=None, max_steps=steps)
+    mine = ours("mobilenet_v2_x0_5", 128, 1, max_steps=steps, threads=args.threads)
+    result["throughput"] = {
+        "batch_size": 128, "steps": steps,
+        "plain_torchvision_mobilenet_v2_0.5_img_per_s": round(plain["img_per_s"], 1),
+        "mobilecnn_mobilenet_v2_x0_5_img_per_s": round(mine["img_per_s"], 1),
+        "speedup": round(mine["img_per_s"] / plain["img_per_s"], 2), "aim": 1.5,
+    }
+    print(json.dumps(result["throughput"], indent=2), flush=True)
+
+    if not args.quick:
+        torch.manual_seed(0)
+        mine90 = ours("shufflenet_v1_g3_x0_5", 256, 3, target=90.0, threads=args.threads)
+        torch.manual_seed(0)
+        plain90 = plain_loop(torchvision_small("shufflenet_v2_x0_5"), 128, 4, 0.2, target=90.0)
+        result["time_to_90"] = {
+            "mobilecnn_shufflenet_v1_g3_x0_5": mine90,
+            "plain_torchvision_shufflenet_v2_x0_5": plain90,
+            "ratio": (round(mine90["time_to_target_s"] / plain90["time_to_target_s"], 3)
+                      if mine90["time_to_target_s"] and plain90["time_to_target_s"] else None),
+            "aim_ratio": 0.5, "aim_seconds": 240,
+        }
+        print(json.dumps({k: v for k, v in result["time_to_90"].items() if not isinstance(v, dict)}, indent=2))
+    result["load_average_end"] = os.getloadavg()
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""PNG figures (matplotlib, Agg backend): training curves and confusion matrices, written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .utils import atomic_write  # noqa: E402
+
+__all__ = ["read_metrics", "plot_training_curves", "plot_confusion"]
+
+
+def read_metrics(metrics_file: str | Path) -> list[dict]:
+    """Records of ``metrics.jsonl``, one per epoch (a record repeated by a resumed run keeps its last copy)."""
+    by_epoch: dict[float, dict] = {}
+    for line in Path(metrics_file).read_text().splitlines():
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            by_epoch[rec["epoch"]] = rec
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def plot_training_curves(metrics_file: str | Path, out_png: str | Path) -> Path:
+    """Loss and accuracy (train and validation) against epochs."""
+    records = read_metrics(metrics_file)
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    val = [(r["epoch"], r) for r in records if "val_loss" in r]
+    if val:
+        ax_loss.plot([e for e, _ in val], [r["val_loss"] for _, r in val], "s-", label="validation")
+        ax_acc.plot([e for e, _ in val], [r["val_top1"] for _, r in val], "s-", label="validation top-1")
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in records], "o-", label="train (augmented)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, out_png)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], out_png: str | Path,
+                   title: str = "confusion matrix") -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    import numpy as np
+
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, out_png)
