@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[export,test]'
-	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(BIN)/pip install --quiet -e '.[export,deploy,test]'
+	$(BIN)/python -c "import torch, torchvision; assert (torch.__version__.split('+')[0], torchvision.__version__.split('+')[0]) == ('2.14.1', '0.29.1'), 'an install replaced torch'; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $(STAMP)
 
 dataset: $(FASHION_MNIST)
@@ -27,8 +27,20 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+DEMO := runs/demo
+
+# The main job end to end: paper tables, train on Fashion-MNIST, evaluate, int8 export (verified),
+# predict real photos with the exported file, benchmark. About 10 minutes on 2 cores.
 demo: setup
-	$(BIN)/mobilecnn tables
+	rm -rf $(DEMO)
+	$(BIN)/mobilecnn tables --out $(DEMO)/paper_tables.md
+	$(BIN)/mobilecnn train --model shufflenet_v1_g3_x0_5 --epochs 2 --out $(DEMO)/shufflenet_v1_g3_x0_5
+	$(BIN)/mobilecnn eval $(DEMO)/shufflenet_v1_g3_x0_5
+	$(BIN)/mobilecnn export $(DEMO)/shufflenet_v1_g3_x0_5 --format onnx --int8
+	$(BIN)/python examples/sample_photos.py $(DEMO)/photos
+	$(BIN)/mobilecnn predict $(DEMO)/photos --model $(DEMO)/shufflenet_v1_g3_x0_5/export/shufflenet_v1_g3_x0_5_int8.onnx --topk 3
+	$(BIN)/mobilecnn bench $(DEMO)/shufflenet_v1_g3_x0_5 --backend eager onnxruntime onnxruntime_int8 --out $(DEMO)/bench
+	@echo "demo outputs in $(DEMO)/ (curves.png, eval/confusion.png, bench/bench.png)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,3 +9,19 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A Fashion-MNIST run trained for a few steps (shared by predict/export tests)."""
+    from pathlib import Path
+
+    from mobilecnn.train import TrainConfig, train
+
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() and not os.environ.get(
+            "MOBILECNN_DATA_DIR"):
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(TrainConfig(model="shufflenet_v1_g3_x0_5", out=str(out), subset=1024, val_subset=500, batch_size=64,
+                      epochs=1, threads=1, seed=0))
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from rich.console import Console
@@ -134,7 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, amp=args.amp, seed=args.seed, resume=args.resume, subset=args.subset,
         val_subset=args.val_subset, resolution=args.resolution, checkpoint_every=args.checkpoint_every,
         workers=args.workers, on_corrupt=args.on_corrupt, threads=args.threads, max_steps=args.max_steps,
-        small_input=args.small_input,
+        small_input=args.small_input, crop_padding=args.crop_padding,
     )
     bar = _TrainProgress()
     try:
@@ -163,6 +164,72 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"  {name.ljust(width)}  {acc:6.2f}%")
     print(f"wrote {result['outputs']['json']} and {result['outputs']['confusion_png']}")
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export_run
+
+    with _err.status(f"exporting {args.run} to {args.format}{' int8' if args.int8 else ''} and verifying it"):
+        result = export_run(args.run, args.format, args.out, int8=args.int8, calibration_data=args.calibration_data,
+                            data_dir=args.data_dir, calibration_count=args.calibration_count, max_drop=args.max_drop,
+                            threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"wrote {result['path']} ({result['file_bytes'] / 2**20:.2f} MiB, {args.format}{', int8' if args.int8 else ''})")
+    print(f"verified against PyTorch on real images: max |logit diff| {result['max_abs_diff']:.3g}, "
+          f"relative {result['rel_diff']:.3g}, top-1 agreement {100 * result['top1_agreement']:.2f}%")
+    int8 = result.get("int8_report")
+    if int8:
+        print(f"int8 accuracy check: fp32 top-1 {int8['fp32_top1']:.2f}%, int8 top-1 {int8['int8_top1']:.2f}% "
+              f"(drop {int8['drop']:.2f} pt) on {int8['images']} test images")
+    for note in result.get("notes") or []:
+        print(f"note: {note}")
+    print(f"preprocessing and labels: {result['sidecar']}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    with _err.status("benchmarking (warm-up, then timed runs)"):
+        rows, outputs = run_bench(args.targets, backends=args.backend, threads=args.threads, batches=args.batch,
+                                  resolution=args.resolution, small_input=args.small_input, out_dir=args.out,
+                                  repeats=args.repeats)
+    print(Path(outputs["md"]).read_text(), end="")
+    print(f"wrote {outputs['json']}, {outputs['md']} and {outputs['png']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import load_predictor, predict_files
+
+    predictor = load_predictor(args.model, threads=args.threads)
+    results = predict_files(args.images, predictor, topk=args.topk)
+    if not results:
+        raise UserError(f"no image files found in {', '.join(args.images)}")
+    failed = [r for r in results if r.error]
+    if args.json:
+        print(json.dumps({"model": predictor.source, "predictions": [r.to_dict() for r in results]}, indent=2))
+    else:
+        for r in results:
+            if r.error:
+                continue
+            best = ", ".join(f"{label} {p:.1%}" for label, p in r.top)
+            print(f"{r.path}: {best}")
+    for r in failed:
+        _err.print(f"[bold red]error:[/] {_escape(r.error)}", highlight=False)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=None,
                    help="small-image stem (default: on for resolution <= 64)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--crop-padding", type=int, default=None, help="random-crop padding in pixels (small datasets)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for image folders")
     p.add_argument("--on-corrupt", choices=["skip", "error"], default="skip", help="corrupt images in a folder")
     p.add_argument("--threads", type=int, default=None)
@@ -232,6 +300,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="fold BN, export, and verify against PyTorch on real images")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "openvino", "executorch"])
+    p.add_argument("--int8", action="store_true", help="post-training int8, calibrated on real training images")
+    p.add_argument("--calibration-data", default=None, help="dataset for calibration (default: the training set)")
+    p.add_argument("--calibration-count", type=int, default=512)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--max-drop", type=float, default=0.5, help="refuse int8 losing more top-1 points than this")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="output file (default RUN_DIR/export/MODEL[_int8].EXT)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="latency/throughput on each backend, torchvision reference rows included")
+    p.add_argument("targets", nargs="*", metavar="MODEL_OR_RUN_DIR",
+                   help="registered names and/or run directories (default: shufflenet_v1_g3_x1_0 mobilenet_v2_x1_0)")
+    p.add_argument("--backend", nargs="+", default=["eager", "onnxruntime"],
+                   help="eager compiled onnxruntime openvino executorch (and *_int8 variants)")
+    p.add_argument("--threads", type=_int_list, default=[1], help="comma-separated, e.g. 1,2")
+    p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated, e.g. 1,32")
+    p.add_argument("--resolution", type=int, default=None, help="default 224 (a run directory: its training resolution)")
+    p.add_argument("--small-input", action="store_true")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--out", default="bench", help="output directory for JSON, Markdown and PNG")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True, help="run directory, .safetensors, or an exported file")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -839,7 +839,8 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
               batch_size: int = 128, eval_batch_size: int | None = None, seed: int = 0,
               subset: int | None = None, val_subset: int | None = None, rank: int = 0, world_size: int = 1,
               workers: int = 2, on_corrupt: str = "skip", channels_last: bool = False, grayscale: bool = False,
-              device: str | torch.device | None = None) -> tuple[Batches, Batches, DataInfo]:
+              device: str | torch.device | None = None, crop_padding: int = 4
+              ) -> tuple[Batches, Batches, DataInfo]:
     """Build ``(train_batches, val_batches, info)`` for ``data``.
 
     ``data``: "fashion-mnist", "cifar10", "cifar100", or a folder with ``train/`` and ``val/`` class
@@ -858,7 +859,8 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
         return _load_tensor_dataset(name, data_dir=data_dir, resolution=resolution or 32,
                                     batch_size=batch_size, eval_batch_size=eval_bs, seed=seed, subset=subset,
                                     val_subset=val_subset, rank=rank, world_size=world_size,
-                                    channels_last=channels_last, grayscale=grayscale, device=device)
+                                    channels_last=channels_last, grayscale=grayscale, device=device,
+                                    crop_padding=crop_padding)
     root = Path(str(data)).expanduser()
     if not root.is_dir():
         if os.sep in str(data) or str(data).startswith((".", "~")):
@@ -907,7 +909,8 @@ def _prepared(source: tuple, resolution: int, grayscale: bool) -> tuple:
 def _load_tensor_dataset(name: str, *, data_dir: str | None, resolution: int, batch_size: int,
                          eval_batch_size: int, seed: int, subset: int | None, val_subset: int | None,
                          rank: int, world_size: int, channels_last: bool, grayscale: bool,
-                         device: str | torch.device | None) -> tuple[Batches, Batches, DataInfo]:
+                         device: str | torch.device | None, crop_padding: int = 4
+                         ) -> tuple[Batches, Batches, DataInfo]:
     grayscale = bool(grayscale) and name != "fashion-mnist"
     source = _tensor_source(name, data_dir)
     if subset is not None and subset < 1:
@@ -932,7 +935,7 @@ def _load_tensor_dataset(name: str, *, data_dir: str | None, resolution: int, ba
         te_x, te_y = te_x[te_idx], te_y[te_idx]
     common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size,
                   channels_last=channels_last, device=device)
-    train = TensorBatches(tr_x, tr_y, batch_size, train=True, **common)
+    train = TensorBatches(tr_x, tr_y, batch_size, train=True, pad=crop_padding, **common)
     val = TensorBatches(te_x, te_y, eval_batch_size, train=False, **common)
     in_chans = 1 if (name == "fashion-mnist" or grayscale) else 3
     info = DataInfo(name=name, num_classes=len(classes), class_names=list(classes), in_chans=in_chans,

@@ -73,6 +73,7 @@ class Recipe:
     ema: float = 0.0
     bn_recalibration: bool = False
     momentum: float = 0.9
+    crop_padding: int = 4  # in-memory datasets: random crop of the image zero-padded by this many pixels
     description: str = ""
 
 
@@ -126,6 +127,7 @@ class TrainConfig:
     bn_recalibration_batches: int = 50
     max_steps: int | None = None  # stop early (tests, smoke runs); the schedule still spans `epochs`
     eval_every: int = 1  # epochs
+    crop_padding: int | None = None  # default: the recipe's
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def resolved_recipe(self) -> tuple[str, Recipe]:
@@ -142,7 +144,8 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that define a run; resuming with different ones is refused."""
         keys = ("model", "data", "recipe", "batch_size", "lr", "weight_decay", "schedule", "warmup", "label_smoothing",
-                "ema", "seed", "subset", "resolution", "small_input", "amp", "channels_last", "model_kwargs", "epochs")
+                "ema", "seed", "subset", "resolution", "small_input", "amp", "channels_last", "model_kwargs", "epochs",
+                "crop_padding")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -409,6 +412,7 @@ def train(cfg: TrainConfig, callback: Callable[[str, dict[str, Any]], None] | No
             cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution, batch_size=cfg.batch_size // ddp.world_size,
             seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset, rank=ddp.rank, world_size=ddp.world_size,
             workers=cfg.workers, on_corrupt=cfg.on_corrupt,
+            crop_padding=cfg.crop_padding if cfg.crop_padding is not None else recipe.crop_padding,
         )
         small_input = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
         torch.manual_seed(cfg.seed)

@@ -92,8 +92,15 @@ class ClassifierNet(nn.Module):
         self.num_classes = num_classes
 
 
-def init_weights(model: nn.Module) -> None:
-    """He-normal (fan-out) convs, unit BN, small-normal classifier: the torchvision/timm default."""
+def init_weights(model: nn.Module, zero_init_residual: bool = True) -> None:
+    """He-normal (fan-out) convs, unit BN, small-normal classifier: the torchvision/timm default.
+
+    ``zero_init_residual``: the last BN of every residual branch starts at zero, so each residual
+    block starts as the identity (Goyal et al. 2017; torchvision's ``zero_init_residual``). It keeps
+    the first steps of high-learning-rate training stable; the architecture is unchanged.
+    """
+    from ..layers import InvertedResidual, ShuffleNetUnit
+
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -103,3 +110,9 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for m in model.modules():
+            if isinstance(m, ShuffleNetUnit) and m.stride == 1:
+                nn.init.zeros_(m.expand.bn.weight)
+            elif isinstance(m, InvertedResidual) and m.use_residual:
+                nn.init.zeros_(m.block[-1].bn.weight)

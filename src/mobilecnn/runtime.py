@@ -1,0 +1,343 @@
+"""Load an exported model file and run it: ``load_runtime(path, threads=1)(x) -> logits``.
+
+The runtime is chosen by the file suffix:
+
+============  ===================================  =========================================
+suffix        runtime                              thread control
+============  ===================================  =========================================
+``.onnx``     onnxruntime, CPU execution provider  ``intra_op_num_threads`` + no spinning
+``.pt/.ts``   TorchScript (``torch.jit.load``)     ``torch.set_num_threads`` (process-wide)
+``.xml``      OpenVINO IR (``.bin`` beside it)     ``INFERENCE_NUM_THREADS``
+``.pte``      ExecuTorch (XNNPACK delegate)        ``_unsafe_reset_threadpool`` (process-wide)
+============  ===================================  =========================================
+
+Settings follow ``../shared/MEASURED.md``: onnxruntime gets ``session.intra_op.allow_spinning=0``
+(spinning threads hurt on a busy box); OpenVINO defaults to bf16 on AMX CPUs, so fp32 files are
+compiled with ``INFERENCE_PRECISION_HINT=f32`` for parity with PyTorch (int8 files keep the
+plugin's default for their remaining float ops); ExecuTorch's thread pool must be sized before the
+program is loaded. Asking for more threads than the machine has logical CPUs is refused:
+oversubscription turned a 12 ms forward into 2.2 s in MEASURED.md.
+
+A missing, corrupt or truncated file raises ``ValueError`` naming the file (``FileNotFoundError``
+when it does not exist); a runtime that is not installed raises :class:`MissingBackendError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Runtime",
+    "MissingBackendError",
+    "load_runtime",
+    "runtime_suffixes",
+    "backend_for_path",
+    "available_cpus",
+    "require_backend",
+]
+
+_SUFFIX_BACKEND = {
+    ".onnx": "onnxruntime",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".xml": "openvino",
+    ".pte": "executorch",
+}
+
+_INSTALL_HINT = "install the deployment extras: pip install 'mobilecnn[deploy]'"
+
+
+class MissingBackendError(ImportError):
+    """An optional deployment package (onnxruntime, openvino, executorch, ...) is not installed."""
+
+
+def require_backend(module: str, purpose: str) -> Any:
+    """Import ``module`` or raise :class:`MissingBackendError` telling the user what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingBackendError(f"{purpose} needs the Python package {module!r}, which is not importable "
+                                  f"({exc}); {_INSTALL_HINT}") from exc
+
+
+def runtime_suffixes() -> dict[str, str]:
+    """File suffix -> runtime name, as :func:`load_runtime` dispatches."""
+    return dict(_SUFFIX_BACKEND)
+
+
+def backend_for_path(path: str | Path) -> str:
+    """The runtime name for ``path``'s suffix; ``ValueError`` listing the accepted suffixes otherwise."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return _SUFFIX_BACKEND[suffix]
+    except KeyError:
+        accepted = ", ".join(f"{s} ({b})" for s, b in _SUFFIX_BACKEND.items())
+        raise ValueError(f"{path}: unknown model file suffix {suffix!r}; accepted: {accepted}") from None
+
+
+def available_cpus() -> int:
+    """Logical CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: object) -> int:
+    """Validate a thread count: an integer from 1 to :func:`available_cpus`."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    cpus = available_cpus()
+    if threads > cpus:
+        raise ValueError(
+            f"threads={threads} is more than the {cpus} CPU(s) available: oversubscribed runtimes run "
+            f"orders of magnitude slower (MEASURED.md); use at most {cpus}"
+        )
+    return threads
+
+
+class Runtime:
+    """A loaded model: ``runtime(x)`` with ``x`` a float32 NCHW array returns float32 logits (N, classes).
+
+    ``static_batch`` is the batch size baked into the file (ExecuTorch programs exported without a
+    dynamic batch) or ``None``; larger or smaller batches are split and padded transparently.
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.path = path
+        self.threads = threads
+        self.static_batch: int | None = None
+        self.int8 = False
+
+    def _run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"{self.path.name}: expected a 4-D float32 batch (N, C, H, W), got shape {x.shape}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _chunked(self, x: np.ndarray, step: int) -> np.ndarray:
+        """Run ``x`` in chunks of exactly ``step`` images, zero-padding the last one."""
+        outs = []
+        for start in range(0, x.shape[0], step):
+            chunk = x[start:start + step]
+            n = chunk.shape[0]
+            if n < step:
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), np.float32)])
+            outs.append(self._run(chunk)[:n])
+        return np.concatenate(outs)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        if self.static_batch is None or x.shape[0] == self.static_batch:
+            return self._run(x)
+        return self._chunked(x, self.static_batch)
+
+    def __repr__(self) -> str:
+        batch = f", static_batch={self.static_batch}" if self.static_batch else ""
+        return f"{type(self).__name__}({str(self.path)!r}, threads={self.threads}{batch})"
+
+
+class OnnxRuntime(Runtime):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__(path, threads)
+        ort = require_backend("onnxruntime", "running .onnx files")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in _onnx_nodes(path))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def _onnx_nodes(path: Path) -> list:
+    try:
+        import onnx
+    except ImportError:
+        return []
+    return list(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+class TorchScriptRuntime(Runtime):
+    """TorchScript via ``torch.jit.load``.
+
+    ``torch.jit.load`` can execute arbitrary code paths stored in the archive: use it only on files
+    you exported yourself, never on untrusted files. The thread count is process-wide
+    (``torch.set_num_threads``) and is re-applied before each call.
+    """
+
+    backend = "torchscript"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__(path, threads)
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+            self.module = torch.jit.load(str(path), map_location="cpu")
+        self.module.eval()
+        self._torch = torch
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x)).float().numpy().copy()
+
+
+class OpenVINORuntime(Runtime):
+    backend = "openvino"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__(path, threads)
+        ov = require_backend("openvino", "running OpenVINO .xml files")
+        weights = path.with_suffix(".bin")
+        if not weights.is_file():
+            raise ValueError(f"{path}: the OpenVINO weights file {weights.name} is missing beside it")
+        core = ov.Core()
+        model = core.read_model(str(path), str(weights))
+        self.int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if not self.int8:
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+def _standard_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
+_PTE_FILE_ID = b"ET"
+_PTE_HEADER_MAGIC = b"eh00"
+
+
+def _check_pte_file(path: Path) -> None:
+    """Reject files whose ExecuTorch headers are absent or promise more bytes than the file has.
+
+    The pybindings load lazily and accept garbage (checked here: a truncated .pte "loads" and fails
+    later), so the flatbuffer identifier (``ET`` + 2 digits at offset 4) and the extended header
+    (``eh00`` at offset 8: program size, segment offset and size, little-endian u64) are checked.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(40)
+    if len(head) < 16 or head[4:6] != _PTE_FILE_ID or not head[6:8].isdigit():
+        raise ValueError(f"{path}: not an ExecuTorch program (bad file identifier)")
+    if head[8:12] == _PTE_HEADER_MAGIC and len(head) >= 32:
+        length = int.from_bytes(head[12:16], "little")
+        program_size = int.from_bytes(head[16:24], "little")
+        segment_base = int.from_bytes(head[24:32], "little")
+        segment_size = int.from_bytes(head[32:40], "little") if length >= 32 and len(head) >= 40 else 0
+        needed = max(program_size, segment_base + segment_size if segment_base else 0)
+        if needed > size:
+            raise ValueError(f"{path}: truncated ExecuTorch program ({size} bytes, header needs {needed})")
+
+
+class ExecuTorchRuntime(Runtime):
+    """ExecuTorch program; the XNNPACK thread pool is process-wide, sized before loading (MEASURED.md)."""
+
+    backend = "executorch"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__(path, threads)
+        _check_pte_file(path)
+        portable = require_backend("executorch.extension.pybindings.portable_lib", "running ExecuTorch .pte files")
+        import torch
+
+        portable._unsafe_reset_threadpool(threads)
+        self.module = portable._load_for_executorch(str(path))
+        meta = self.module.method_meta("forward")  # raises on a corrupt program
+        sizes = tuple(meta.input_tensor_meta(0).sizes())
+        #: Planned input shape: the static shape, or the upper bound of a dynamic batch.
+        self.input_sizes = sizes
+        self._planned = int(sizes[0]) if sizes else None
+        self._dynamic: bool | None = None  # probed on the first call with another batch size
+        self._torch = torch
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        t = self._torch.from_numpy(x)
+        if t.stride() != _standard_strides(x.shape):  # size-1 dims may carry odd strides; ExecuTorch needs real ones
+            t = t.clone(memory_format=self._torch.contiguous_format)
+        return self.module.forward((t,))[0].numpy().copy()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        n, planned = x.shape[0], self._planned
+        if planned is None or n == planned:
+            return self._run(x)
+        if self._dynamic is None:  # a static program refuses other batch sizes with a RuntimeError
+            try:
+                probe = self._run(x[:1])
+                self._dynamic = True
+            except RuntimeError:
+                self._dynamic = False
+                self.static_batch = planned
+            else:
+                if n == 1:
+                    return probe
+        if self._dynamic and n <= planned:
+            return self._run(x)
+        return self._chunked(x, planned)
+
+
+_RUNTIMES: dict[str, type[Runtime]] = {
+    "onnxruntime": OnnxRuntime,
+    "torchscript": TorchScriptRuntime,
+    "openvino": OpenVINORuntime,
+    "executorch": ExecuTorchRuntime,
+}
+
+
+def load_runtime(path: str | Path, threads: int = 1) -> Runtime:
+    """Load an exported model file with the runtime its suffix names (see the module docstring).
+
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file for an unknown
+    suffix or a corrupt/truncated file, :class:`MissingBackendError` when the runtime is not installed.
+    """
+    path = Path(path)
+    backend = backend_for_path(path)
+    threads = check_threads(threads)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        return _RUNTIMES[backend](path, threads)
+    except (MissingBackendError, ValueError, FileNotFoundError):
+        raise
+    except Exception as exc:  # each runtime has its own exception types for unreadable files
+        raise ValueError(f"{path}: {backend} could not load this file (corrupt or truncated?): "
+                         f"{type(exc).__name__}: {str(exc)[:500]}") from exc

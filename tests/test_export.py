@@ -1,0 +1,253 @@
+"""BN folding, export round trips in every format, verification, bad options, corrupt files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobilecnn import create_model
+from mobilecnn.export import (
+    FORMATS,
+    DeployClassifier,
+    ExportVerificationError,
+    avgpool_to_depthwise,
+    deploy_form,
+    export_model,
+    fold_batchnorm,
+)
+from mobilecnn.runtime import MissingBackendError, available_cpus, load_runtime
+
+FAMILIES = ["shufflenet_v1_g3_x0_5", "mobilenet_v2_x0_35", "mobilenet_v1_x0_25"]
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml", "executorch": ".pte"}
+PACKAGE = {"onnx": "onnxruntime", "torchscript": "torch", "openvino": "openvino",
+           "executorch": "executorch.extension.pybindings.portable_lib"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the CI box has 2 cores shared with other jobs, and an oversubscribed torch
+    runs orders of magnitude slower (MEASURED.md)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def small_model(name: str, seed: int = 0) -> nn.Module:
+    """A 10-class grayscale small-input model with non-trivial BN statistics (so folding matters)."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10, in_chans=1, small_input=True)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.1)
+    return model.eval()
+
+
+def images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fold_batchnorm_is_equivalent(name):
+    model = small_model(name)
+    folded = fold_batchnorm(model)
+    x = images(4)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert rel(out.numpy(), ref.numpy()) < 1e-5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original must be left untouched"
+    convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.bias is not None for c in convs)
+    assert not folded.training
+
+
+def test_fold_batchnorm_torchvision_blocks():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.shufflenet_v2_x0_5(weights=None).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(2, 3, 64, 64)
+        assert rel(fold_batchnorm(model)(x).numpy(), model(x).numpy()) < 1e-5
+
+
+def test_deploy_form_head_and_avgpool_rewrites_keep_values():
+    model = small_model("shufflenet_v1_g3_x0_5")
+    net = deploy_form(model)
+    assert isinstance(net, DeployClassifier)
+    x = images(3)
+    with torch.no_grad():
+        ref = model(x).numpy()
+        assert rel(net(x).numpy(), ref) < 1e-5
+        assert avgpool_to_depthwise(net, x) == 3  # the three stride-2 units' shortcut pools
+        assert not any(isinstance(m, nn.AvgPool2d) for m in net.modules())
+        assert rel(net(x).numpy(), ref) < 1e-5
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_round_trip(tmp_path, name, fmt):
+    pytest.importorskip(PACKAGE[fmt])
+    if fmt in ("onnx", "openvino"):
+        pytest.importorskip("onnxscript")
+    model = small_model(name)
+    verify = images(5)
+    path = tmp_path / f"{name}{SUFFIX[fmt]}"
+    report = export_model(model, fmt, path, example=verify[:1], verify_images=verify, rtol=1e-4)
+    assert report.path == path and path.is_file()
+    assert report.format == fmt and not report.int8
+    assert report.rel_diff <= 1e-4 and report.top1_agreement == 1.0
+    assert report.file_bytes >= path.stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging files left behind"
+    if fmt == "openvino":
+        assert path.with_suffix(".bin").is_file()
+    assert report.dynamic_batch == (fmt != "executorch")
+    runtime = load_runtime(path, threads=1)
+    for batch in (1, 3):  # ExecuTorch: static batch 1, the runtime runs 3 images one by one
+        x = images(batch, seed=7)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = runtime(x.numpy())
+        assert out.shape == (batch, 10)
+        assert rel(out, ref) < 1e-4
+    assert any("BatchNorm folded" in n for n in report.notes)
+
+
+def test_executorch_dynamic_batch(tmp_path):
+    pytest.importorskip(PACKAGE["executorch"])
+    model = small_model("mobilenet_v1_x0_25")
+    verify = images(4)
+    path = tmp_path / "m.pte"
+    report = export_model(model, "executorch", path, example=verify[:2], verify_images=verify, max_batch=8)
+    assert report.dynamic_batch and report.static_batch is None
+    runtime = load_runtime(path)
+    for batch in (1, 3, 8, 11):
+        x = images(batch, seed=batch)
+        with torch.no_grad():
+            assert rel(runtime(x.numpy()), model(x).numpy()) < 1e-4
+
+
+def test_executorch_static_batch_is_reported(tmp_path):
+    pytest.importorskip(PACKAGE["executorch"])
+    model = small_model("mobilenet_v1_x0_25")
+    report = export_model(model, "executorch", tmp_path / "m.pte", example=images(2), verify_images=images(3))
+    assert not report.dynamic_batch and report.static_batch == 2
+    assert any("static batch 2" in n for n in report.notes)
+
+
+def test_verification_failure_deletes_file(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import mobilecnn.export as export_mod
+
+    real = export_mod.load_runtime
+
+    def wrong(path, threads=1):
+        rt = real(path, threads)
+        return lambda x: rt(x) + 0.5  # a runtime that returns wrong logits
+
+    monkeypatch.setattr(export_mod, "load_runtime", wrong)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportVerificationError, match="disagrees with PyTorch") as info:
+        export_model(small_model("mobilenet_v1_x0_25"), "onnx", path, example=images(1), verify_images=images(4))
+    assert info.value.report.rel_diff > 1e-4
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import mobilecnn.export as export_mod
+
+    path = tmp_path / "m.onnx"
+    model = small_model("mobilenet_v1_x0_25")
+    export_model(model, "onnx", path, example=images(1), verify_images=images(2))
+    before = path.read_bytes()
+    real = export_mod.load_runtime
+    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1: (lambda x: real(p, threads)(x) * 2))
+    with pytest.raises(ExportVerificationError):
+        export_model(small_model("mobilenet_v1_x0_25", seed=3), "onnx", path, example=images(1),
+                     verify_images=images(2))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fmt": "tflite"}, "accepted: onnx, torchscript, openvino, executorch"),
+    ({"fmt": "onnx", "suffix": ".pt"}, "must end in .onnx"),
+    ({"fmt": "onnx", "int8": True}, "needs calibration"),
+    ({"fmt": "torchscript", "int8": True, "calibration": True}, "int8 export is available for onnx, openvino, executorch"),
+    ({"fmt": "onnx", "int8": True, "calibration": True}, "labelled check set"),
+    ({"fmt": "onnx", "calibration": True}, "int8=False"),
+    ({"fmt": "onnx", "max_batch": 4}, "executorch only"),
+    ({"fmt": "onnx", "verify_images": torch.randn(2, 3, 32, 32)}, "verify_images has images of shape"),
+    ({"fmt": "onnx", "threads": 10_000}, "CPU"),
+])
+def test_bad_options(tmp_path, kwargs, match):
+    kwargs = dict(kwargs)
+    fmt = kwargs.pop("fmt")
+    suffix = kwargs.pop("suffix", SUFFIX.get(fmt, ".bin"))
+    if kwargs.get("calibration") is True:
+        kwargs["calibration"] = images(64)
+    kwargs.setdefault("verify_images", images(2))
+    with pytest.raises(ValueError, match=match):
+        export_model(small_model("mobilenet_v1_x0_25"), fmt, tmp_path / f"m{suffix}", example=images(1), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_backend_error_names_extra():
+    err = MissingBackendError("x needs y; install the deployment extras: pip install 'mobilecnn[deploy]'")
+    assert isinstance(err, ImportError)
+    from mobilecnn.runtime import require_backend
+
+    with pytest.raises(MissingBackendError, match=r"pip install 'mobilecnn\[deploy\]'"):
+        require_backend("mobilecnn_no_such_backend", "testing")
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt", ".xml", ".pte"])
+def test_corrupt_file_is_a_value_error(tmp_path, suffix):
+    fmt = {v: k for k, v in SUFFIX.items()}[suffix]
+    pytest.importorskip(PACKAGE[fmt])
+    garbage = tmp_path / f"garbage{suffix}"
+    garbage.write_bytes(b"\x00not a model\xff" * 64)
+    if suffix == ".xml":
+        garbage.with_suffix(".bin").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="garbage"):
+        load_runtime(garbage)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch", "torchscript"])
+def test_truncated_export_is_a_value_error(tmp_path, fmt):
+    pytest.importorskip(PACKAGE[fmt])
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+    path = tmp_path / f"m{SUFFIX[fmt]}"
+    export_model(small_model("mobilenet_v1_x0_25"), fmt, path, example=images(1), verify_images=images(2))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="m" + SUFFIX[fmt]):
+        load_runtime(path)
+
+
+def test_load_runtime_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="accepted: .onnx"):
+        load_runtime(tmp_path / "model.tflite")
+    with pytest.raises(FileNotFoundError):
+        load_runtime(tmp_path / "missing.onnx")
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(ValueError, match="threads"):
+        load_runtime(tmp_path / "m.onnx", threads=available_cpus() + 1)
+    with pytest.raises(ValueError, match="threads"):
+        load_runtime(tmp_path / "m.onnx", threads=0)
