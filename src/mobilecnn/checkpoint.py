@@ -65,7 +65,10 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dic
     from .utils import atomic_write
 
     tensors = _plain_state(state)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    try:
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    except SafetensorError as exc:  # e.g. disk full
+        raise OSError(f"could not write {path}: {exc}") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -173,8 +176,8 @@ def save_training_checkpoint(
     name = f"step-{step:08d}"
     final = ckpt_root / name
     tmp = ckpt_root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in ckpt_root.glob(".step-*.tmp-*"):  # left by a killed writer (the run lock admits one writer)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     try:
         meta = {**model_metadata(model), **(metadata or {})}
@@ -193,12 +196,15 @@ def save_training_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, SafetensorError):  # e.g. disk full: an OSError naming the checkpoint, not a Rust error
+            raise OSError(f"could not write checkpoint {final}: {exc}") from None
         raise
     atomic_write_text(ckpt_root / LATEST, name + "\n")
     old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
+        (p / "state.json").unlink(missing_ok=True)  # first: a half-deleted checkpoint must not look complete
         shutil.rmtree(p, ignore_errors=True)
     return final
 
@@ -220,15 +226,18 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore model (+ optimizer, EMA, torch RNG) from a checkpoint directory; returns its ``state.json``."""
     load_weights(ckpt / "model.safetensors", model)
-    state = json.loads((ckpt / "state.json").read_text())
-    tensors = load_file(str(ckpt / "state.safetensors"))
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt / 'state.json'} is unreadable ({exc})") from None
+    tensors = load_weights(ckpt / "state.safetensors")  # refuses pickles, names the file on any error
     if optimizer is not None:
         optimizer.load_state_dict(_optimizer_join(tensors, state["optimizer"]))
     if ema is not None:
         ema_file = ckpt / "ema.safetensors"
         if not ema_file.is_file():
             raise CheckpointError(f"{ckpt} has no EMA weights but this run uses --ema")
-        ema.load_state_dict(load_file(str(ema_file)))
+        ema.load_state_dict(load_weights(ema_file))
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return state

@@ -211,6 +211,43 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .reproduce import FULL, QUICK, run_reproduce
+
+    plan = FULL if args.full else QUICK
+    if args.seeds:
+        plan.seeds = args.seeds
+    out = args.out or f"reports/{plan.name}"
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=_err)
+    tasks: dict[str, int] = {}
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "model":
+            if "models" not in tasks:
+                tasks["models"] = progress.add_task("models", total=info["total"], stats="")
+            progress.update(tasks["models"], completed=info["index"], stats=f"{info['key']} seed {info['seed']}")
+        elif event == "train:start":
+            if "train" in tasks:
+                progress.remove_task(tasks["train"])
+            tasks["train"] = progress.add_task("  training", total=info["total_steps"], completed=info["step"], stats="")
+        elif event == "train:step" and "train" in tasks:
+            progress.update(tasks["train"], completed=info["step"],
+                            stats=f"loss {info['loss']:.3f} {info['img_per_s']:.0f} img/s")
+        elif event == "done":
+            progress.update(tasks["models"], advance=1, stats=f"{info['key']}: {info['top1']:.2f}%")
+
+    with progress:
+        summary = run_reproduce(plan, out, progress=on_event)
+    print(Path(summary["report"]).read_text(), end="")
+    print(f"\nreport: {summary['report']}")
+    for name, path in summary["plots"].items():
+        print(f"plot ({name}): {path}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import load_predictor, predict_files
 
@@ -327,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench", help="output directory for JSON, Markdown and PNG")
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("reproduce", help="test the papers' claims (Tables 3 and 5) on Fashion-MNIST; writes a report")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a reduced set that finishes in minutes (default)")
+    mode.add_argument("--full", action="store_true", help="3 levels of Table 5, Table 3, 3 seeds (about 2 hours)")
+    p.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
+    p.add_argument("--out", default=None, help="output directory (default reports/quick or reports/full)")
+    p.set_defaults(func=_cmd_reproduce)
+
     p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True, help="run directory, .safetensors, or an exported file")
@@ -358,6 +403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False, markup=True)
             return 3
         raise
+    except ImportError as exc:  # an optional backend that is not installed: its message says what to install
+        from .runtime import MissingBackendError
+
+        if not isinstance(exc, MissingBackendError):
+            raise
+        _err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False, markup=True)
+        return 2
     except KeyboardInterrupt:
         _err.print("interrupted")
         return 130

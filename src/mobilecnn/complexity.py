@@ -27,6 +27,7 @@ from .layers import DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit
 __all__ = ["LayerStats", "ModelProfile", "profile", "count_macs", "peak_activation_bytes", "conv_kind"]
 
 _SEPARABLE_BLOCKS = (DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit)
+MAX_RESOLUTION = 2048  # the profiler keeps every activation of a forward alive: 2048 px is already GiBs
 
 
 @dataclass
@@ -78,8 +79,8 @@ def _param_count(module: nn.Module, recurse: bool = True) -> int:
 
 
 def _example_input(model: nn.Module, resolution: int) -> torch.Tensor:
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution must be a positive integer (pixels), got {resolution!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"resolution must be a positive integer <= {MAX_RESOLUTION} (pixels), got {resolution!r}")
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     return torch.zeros(1, getattr(model, "in_chans", 3), resolution, resolution, dtype=dtype)

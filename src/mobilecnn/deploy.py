@@ -84,9 +84,15 @@ def export_run(
     )
     result = report.to_dict()
     sidecar = Path(str(report.path) + EXPORT_SIDECAR_SUFFIX)
-    atomic_write_text(sidecar, json.dumps({
-        "model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file), "format": fmt,
-        "int8": int8, "data": info, "report": result,
-    }, indent=2, default=str) + "\n")
+    try:
+        atomic_write_text(sidecar, json.dumps({
+            "model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file), "format": fmt,
+            "int8": int8, "data": info, "report": result,
+        }, indent=2, default=str) + "\n")
+    except OSError as exc:  # e.g. disk full: no exported file may stay without its sidecar
+        for leftover in (report.path, report.path.with_suffix(".bin") if fmt == "openvino" else None):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc}: could not write {sidecar}; {report.path} was removed") from None
     result["sidecar"] = str(sidecar)
     return result

@@ -272,7 +272,9 @@ def _write_torchscript(net: nn.Module, example: torch.Tensor, target: Path) -> N
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(net, (_batch2(example),), check_trace=False)
         frozen = torch.jit.freeze(traced)
-        torch.jit.save(frozen, str(target))
+        buffer = io.BytesIO()  # torch.jit.save to a path aborts the process (C++ terminate) when the disk is full
+        torch.jit.save(frozen, buffer)
+    target.write_bytes(buffer.getvalue())
 
 
 def _write_openvino(net: nn.Module, example: torch.Tensor, target: Path, work: Path, opset: int | None,
@@ -518,6 +520,10 @@ def _export(model: nn.Module, fmt: str, out_path: str | Path, *, example: torch.
         _commit(stage, out_dir, out_path.name)
         report.path = out_path
         return report
+    except OSError as exc:  # disk full, read-only...: say which file could not be written
+        if exc.filename or not exc.errno:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror}: could not write {out_path}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -75,3 +75,45 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, out_png)
+
+
+def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
+    """Accuracy vs MACs, accuracy vs latency, and the Table 3 shuffle ablation (``mobilecnn reproduce``)."""
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+
+    def family(r) -> str:
+        return "MobileNet V1" if r.model.startswith("mobilenet_v1") else (
+            "MobileNetV2" if r.model.startswith("mobilenet_v2") else "ShuffleNet v1")
+
+    colors = {"MobileNet V1": "tab:blue", "MobileNetV2": "tab:green", "ShuffleNet v1": "tab:red"}
+    for key, xattr, xlabel in (("accuracy_vs_macs", "macs_32", "MACs at 32 px (M)"),
+                               ("accuracy_vs_latency", "latency_ms", "latency, batch 1, 1 thread (ms)")):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for r in rows:
+            if not r.shuffle or getattr(r, xattr) is None:
+                continue
+            x = getattr(r, xattr) / (1e6 if xattr == "macs_32" else 1)
+            ax.errorbar(x, r.mean, yerr=r.std, fmt="o", color=colors[family(r)], capsize=3)
+            ax.annotate(r.model.replace("shufflenet_v1_", "sn_").replace("mobilenet_", "mn"), (x, r.mean), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        for fam, c in colors.items():
+            ax.scatter([], [], color=c, label=fam)
+        ax.set(xlabel=xlabel, ylabel="Fashion-MNIST top-1 (%)", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        paths[key] = _save(fig, out / f"{key}.png")
+    pairs = [(r, next((o for o in rows if o.model == r.model and not o.shuffle), None)) for r in rows if r.shuffle]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    if pairs:
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        xs = range(len(pairs))
+        ax.bar([x - 0.2 for x in xs], [a.mean for a, _ in pairs], 0.4, yerr=[a.std for a, _ in pairs], label="with shuffle")
+        ax.bar([x + 0.2 for x in xs], [b.mean for _, b in pairs], 0.4, yerr=[b.std for _, b in pairs], label="without shuffle")
+        ax.set_xticks(list(xs), [a.model.replace("shufflenet_v1_", "") for a, _ in pairs])
+        lo = min(min(a.mean, b.mean) for a, b in pairs)
+        ax.set(ylabel="top-1 (%)", title="Table 3 ablation on Fashion-MNIST", ylim=(max(0, lo - 5), None))
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+        paths["table3_ablation"] = _save(fig, out / "table3_ablation.png")
+    return paths

@@ -23,6 +23,8 @@ __all__ = ["Prediction", "Predictor", "load_predictor", "expand_inputs", "predic
            "EXPORT_SIDECAR_SUFFIX"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Raster decoders only: PIL's EPS/PDF plugins hand the file to Ghostscript, which must never see untrusted input.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP", "TIFF", "PPM")  # JPEG covers MPO
 EXPORT_SIDECAR_SUFFIX = ".mobilecnn.json"  # written beside every exported file: model + preprocessing
 
 
@@ -97,7 +99,7 @@ def preprocess_image(path: str | Path, predictor: Predictor) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -132,9 +132,9 @@ def create_model(
     """
     entry = get_model_entry(name)
     params = inspect.signature(entry.builder).parameters
-    unknown = [k for k in kwargs if k not in params]
+    unknown = [k for k in kwargs if k not in params or k.startswith("_")]  # _-prefixed: fixed per registered name
     if unknown:
-        accepted = [p for p in params if p not in ("num_classes", "in_chans", "small_input")]
+        accepted = [p for p in params if p not in ("num_classes", "in_chans", "small_input") and not p.startswith("_")]
         raise TypeError(
             f"{name}: unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
             f"accepted: num_classes, in_chans, small_input, {', '.join(accepted)}"

@@ -6,9 +6,16 @@ import torch
 from torch import nn
 
 
-def check_positive_int(owner: str, arg: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {arg} must be an integer >= 1, got {value!r}")
+# Upper bounds that keep a typo (num_classes=10**9) from allocating terabytes: ImageNet-21k has 21,841
+# classes; hyperspectral images have a few hundred bands.
+MAX_NUM_CLASSES = 100_000
+MAX_IN_CHANS = 4096
+
+
+def check_positive_int(owner: str, arg: str, value: object, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum is not None and value > maximum):
+        bound = "an integer >= 1" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ValueError(f"{owner}: {arg} must be {bound}, got {value!r}")
     return value
 
 
@@ -35,8 +42,8 @@ class ClassifierNet(nn.Module):
     def __init__(self, owner: str, in_chans: int, num_classes: int, total_stride: int, small_input: bool) -> None:
         super().__init__()
         self.owner = owner
-        self.in_chans = check_positive_int(owner, "in_chans", in_chans)
-        self.num_classes = check_positive_int(owner, "num_classes", num_classes)
+        self.in_chans = check_positive_int(owner, "in_chans", in_chans, MAX_IN_CHANS)
+        self.num_classes = check_positive_int(owner, "num_classes", num_classes, MAX_NUM_CLASSES)
         if not isinstance(small_input, bool):
             raise ValueError(f"{owner}: small_input must be True or False, got {small_input!r}")
         self.small_input = small_input
@@ -82,7 +89,7 @@ class ClassifierNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear with a fresh one for ``num_classes`` classes (fine-tuning)."""
-        check_positive_int(self.owner, "num_classes", num_classes)
+        check_positive_int(self.owner, "num_classes", num_classes, MAX_NUM_CLASSES)
         linear = self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
         new = nn.Linear(linear.in_features, num_classes)
         if isinstance(self.classifier, nn.Sequential):

@@ -48,7 +48,7 @@ class MobileNetV2(ClassifierNet):
         owner = f"MobileNetV2 (width {width_mult})"
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
         width_mult = check_width(owner, "width_mult", width_mult)
-        if not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
         self.width_mult = width_mult
         in_ch = make_divisible(STEM_CHANNELS * width_mult)
