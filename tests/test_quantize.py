@@ -126,7 +126,7 @@ def test_int8_keeps_accuracy(tmp_path, trained, fmt, suffix, package, extra):
 
 
 def test_openvino_int8_trap_is_refused(tmp_path, trained):
-    """OpenVINO 2026.4 int8 loses ~8 points on this model (grouped 1x1 convs, 20 ch/group): refused."""
+    """OpenVINO 2026.4 int8 loses more than the allowed 0.5 point on this ShuffleNet (grouped 1x1 convs): refused."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     model, calib, x, y = trained
@@ -134,7 +134,7 @@ def test_openvino_int8_trap_is_refused(tmp_path, trained):
     with pytest.raises(Int8AccuracyError, match="grouped 1x1 convs") as info:
         export_model(model, "openvino", path, example=x[:1], verify_images=x[:16], int8=True, calibration=calib,
                      check_images=x, check_labels=y)
-    assert info.value.report.drop > 2.0  # measured 8.1 points
+    assert info.value.report.drop > 0.5  # the refusal threshold (measured: 8.1 points before zero-init, 0.6 after)
     assert not path.exists() and not path.with_suffix(".bin").exists()
     assert list(tmp_path.iterdir()) == []
 
