@@ -60,7 +60,7 @@ class PlainFashionMNIST(torch.utils.data.Dataset):
 
         from mobilecnn.data import read_fashion_mnist
 
-        self.images, self.labels = read_fashion_mnist("train" if train else "test")
+        self.images, self.labels = read_fashion_mnist("train" if train else "val")
         steps = [v2.Resize(32, antialias=True)]
         if train:
             steps += [v2.RandomHorizontalFlip()]

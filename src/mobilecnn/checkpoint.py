@@ -178,6 +178,8 @@ def save_training_checkpoint(
     tmp = ckpt_root / f".{name}.tmp-{os.getpid()}"
     for stale in ckpt_root.glob(".step-*.tmp-*"):  # left by a killed writer (the run lock admits one writer)
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in ckpt_root.glob(f".{LATEST}.*.tmp"):  # a killed atomic_write_text of the pointer
+        stale.unlink(missing_ok=True)
     tmp.mkdir()
     try:
         meta = {**model_metadata(model), **(metadata or {})}

@@ -22,6 +22,7 @@ from .utils import atomic_write_text
 __all__ = ["export_run", "sample_images", "DEFAULT_SUFFIX"]
 
 DEFAULT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml", "executorch": ".pte"}
+MAX_CALIBRATION = 2048  # int8 calibration holds activations of every image: 60,000 tiny images took 21 GB
 
 
 def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
@@ -61,6 +62,10 @@ def export_run(
 
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r} is not accepted; accepted: {', '.join(FORMATS)}")
+    if int8 and (isinstance(calibration_count, bool) or not isinstance(calibration_count, int)
+                 or not 32 <= calibration_count <= MAX_CALIBRATION):  # calibration keeps every activation: OOM
+        raise ValueError(f"--calibration-count {calibration_count!r} is not accepted: it must be an integer in "
+                         f"[32, {MAX_CALIBRATION}] (256-512 recommended)")
     loaded = load_trained(run)
     info = loaded.data
     dataset = info.get("name") or "fashion-mnist"
