@@ -7,6 +7,16 @@ import torch
 torch.set_num_threads(int(os.environ.get("MOBILECNN_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: the CI box has 2 cores shared with other jobs, and an oversubscribed torch
+    runs orders of magnitude slower (MEASURED.md)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -25,14 +25,7 @@ PACKAGE = {"onnx": "onnxruntime", "torchscript": "torch", "openvino": "openvino"
            "executorch": "executorch.extension.pybindings.portable_lib"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the CI box has 2 cores shared with other jobs, and an oversubscribed torch
-    runs orders of magnitude slower (MEASURED.md)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(name: str, seed: int = 0) -> nn.Module:

@@ -27,14 +27,7 @@ MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean / std
 MODEL = "shufflenet_v1_g3_x0_25"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the CI box has 2 cores shared with other jobs, and an oversubscribed torch
-    runs orders of magnitude slower (MEASURED.md)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_idx(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,6 +148,18 @@ def _eval_shard(num: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def _plan_epoch_size(loader: Any, n: int) -> None:
+    """Batches per epoch and samples per rank of a loader over ``n`` samples (training: full batches
+    dealt round-robin to ranks; eval: a contiguous shard per rank, last batch kept)."""
+    if loader.train:
+        loader._len = (n // loader.batch_size) // loader.world_size
+        loader.num_samples = loader._len * loader.batch_size
+    else:
+        loader._start, loader._stop = _eval_shard(n, loader.rank, loader.world_size)
+        loader.num_samples = loader._stop - loader._start
+        loader._len = -(-loader.num_samples // loader.batch_size)
+
+
 def _as_stats(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
     vals = tuple(float(v) for v in values)
     if len(vals) == 1 and channels > 1:
@@ -198,14 +210,7 @@ class TensorBatches:
         self.std = _as_stats(std, c, "std")
         self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self._inv_std = 1.0 / torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        n = images.shape[0]
-        if self.train:
-            self._len = (n // self.batch_size) // self.world_size
-            self.num_samples = self._len * self.batch_size
-        else:
-            self._start, self._stop = _eval_shard(n, self.rank, self.world_size)
-            self.num_samples = self._stop - self._start
-            self._len = -(-self.num_samples // self.batch_size)
+        _plan_epoch_size(self, images.shape[0])
 
     def __len__(self) -> int:
         return self._len
@@ -722,14 +727,7 @@ class FolderBatches:
                                 v2.Normalize(list(self.mean), list(self.std))])
         self._dataset = _FolderDataset(samples, transform, self.seed, self.grayscale,
                                        on_corrupt == "skip", (c, r, r))
-        n = len(samples)
-        if self.train:
-            self._len = (n // self.batch_size) // self.world_size
-            self.num_samples = self._len * self.batch_size
-        else:
-            self._start, self._stop = _eval_shard(n, self.rank, self.world_size)
-            self.num_samples = self._stop - self._start
-            self._len = -(-self.num_samples // self.batch_size)
+        _plan_epoch_size(self, len(samples))
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
