@@ -32,3 +32,14 @@ def test_tables_to_file(tmp_path, capsys):
     out = tmp_path / "tables.md"
     assert main(["tables", "--out", str(out)]) == 0
     assert "ShuffleNet Table 1" in out.read_text()
+
+
+def test_reproduce_rejects_bad_counts(capsys):
+    import pytest
+
+    for flag in ("--threads", "--seeds"):
+        for value in ("0", "two"):
+            with pytest.raises(SystemExit) as exc:
+                main(["reproduce", "--quick", flag, value])
+            assert exc.value.code == 2
+            assert "expected a positive integer" in capsys.readouterr().err
