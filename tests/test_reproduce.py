@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilecnn.reproduce import QUICK, ReproducePlan, plan_models, run_reproduce
+from mobilecnn.reproduce import QUICK, ReproducePlan, plan_models, rebuild_report, run_reproduce
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -40,3 +40,48 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch):
     # a second run resumes the finished runs instead of training again
     again = run_reproduce(plan, tmp_path)
     assert again["elapsed_s"] < summary["elapsed_s"] * 2 + 60
+    # the report can be written again from results.json alone, identically
+    before = Path(again["report"]).read_text()
+    assert Path(rebuild_report(tmp_path)["report"]).read_text() == before
+
+
+def _fake_results(tmp_path, top1: dict[str, list[float]]) -> None:
+    import json
+    from dataclasses import asdict
+
+    plan = ReproducePlan("full", levels=2, table3=["shufflenet_v1_g8_x1_0"], seeds=3, epochs=1, subset=100, threads=2)
+    models = []
+    for key, accs in top1.items():
+        name = key.split("+")[0]
+        models.append({"key": key, "model": name, "shuffle": "+" not in key, "macs_32": 10**7, "params": 10**5,
+                       "peak_activation_bytes": 2**18, "top1": accs, "int8_top1": None, "latency_ms": 0.3,
+                       "train_time_s": [1.0] * len(accs), "paper_mflops": 40, "paper_top1_error": None})
+    (tmp_path / "results.json").write_text(json.dumps({"plan": asdict(plan), "elapsed_s": 4200.0, "models": models}))
+
+
+def test_report_claims_weigh_seed_noise(tmp_path):
+    _fake_results(tmp_path, {
+        "mobilenet_v1_x0_25": [80.0, 80.2, 79.8], "shufflenet_v1_g4_x0_5": [84.0, 84.1, 83.9],  # clear win
+        "shufflenet_v1_g3_x0_5_shallow": [80.1, 80.3, 79.7],  # within noise
+        "mobilenet_v1_x0_5": [85.0, 85.1, 84.9], "shufflenet_v1_g8_x1_0": [86.0, 86.2, 85.8],
+        "shufflenet_v1_g8_x1_0+noshuffle": [87.5, 87.4, 87.6],  # shuffle hurts, clearly
+        "mobilenet_v2_x0_35": [83.0, 83.0, 83.0],
+    })
+    text = Path(rebuild_report(tmp_path)["report"]).read_text()
+    assert "(this run took 70.0 min)" in text and "--threads 2" in text
+    claims = [line for line in text.splitlines() if line.startswith("- **Table 5")]
+    assert "shufflenet_v1_g4_x0_5 84.00% ± 0.10" in claims[0] and claims[0].endswith("**held** here.")
+    assert "within seed noise" in claims[1]
+    margin = next(line for line in text.splitlines() if line.startswith("- **Margin grows"))
+    assert "0.25 MobileNet: +4.00 pt" in margin and margin.endswith("**held** here.")  # +4.0 at 0.25 > +1.0 at 0.5
+    table3 = next(line for line in text.splitlines() if line.startswith("- **Table 3"))
+    assert "-1.50 pt" in table3 and table3.endswith("**did not hold** here.")
+    assert "MobileNetV2 at the nearest MACs: mobilenet_v2_x0_35 83.00%" in text
+
+
+def test_rebuild_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json not found"):
+        rebuild_report(tmp_path)
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a reproduce results file"):
+        rebuild_report(tmp_path)

@@ -225,9 +225,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .reproduce import FULL, QUICK, run_reproduce
+    from .reproduce import FULL, QUICK, rebuild_report, run_reproduce
 
     plan = FULL if args.full else QUICK
+    if args.report_only:
+        summary = rebuild_report(args.out or f"reports/{plan.name}")
+        print(f"report: {summary['report']}")
+        return 0
     plan = dataclasses.replace(plan, seeds=args.seeds or plan.seeds, threads=args.threads)
     out = args.out or f"reports/{plan.name}"
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -381,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=None, help="override the number of seeds")
     p.add_argument("--threads", type=_positive_int, default=None, help="training threads (default: the free cores)")
     p.add_argument("--out", default=None, help="output directory (default reports/quick or reports/full)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite report.md and the plots from OUT/results.json without training")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it)")
