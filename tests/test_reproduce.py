@@ -70,7 +70,7 @@ def test_report_claims_weigh_seed_noise(tmp_path):
     text = Path(rebuild_report(tmp_path)["report"]).read_text()
     assert "(this run took 70.0 min)" in text and "--threads 2" in text
     claims = [line for line in text.splitlines() if line.startswith("- **Table 5")]
-    assert "shufflenet_v1_g4_x0_5 84.00% ± 0.10" in claims[0] and claims[0].endswith("**held** here.")
+    assert "shufflenet_v1_g4_x0_5 84.00% ± 0.10" in claims[0] and "**held** here. Batch-1 latency" in claims[0]
     assert "within seed noise" in claims[1]
     margin = next(line for line in text.splitlines() if line.startswith("- **Margin grows"))
     assert "0.25 MobileNet: +4.00 pt" in margin and margin.endswith("**held** here.")  # +4.0 at 0.25 > +1.0 at 0.5

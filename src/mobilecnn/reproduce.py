@@ -236,6 +236,13 @@ def _acc(r: ModelResult) -> str:
     return f"{r.mean:.2f}%" + (f" ± {r.std:.2f}" if len(r.top1) > 1 else "")
 
 
+def _latency_txt(a: ModelResult, b: ModelResult) -> str:
+    if not a.latency_ms or not b.latency_ms:
+        return ""
+    return (f" Batch-1 latency on this CPU: {a.latency_ms:.2f} vs {b.latency_ms:.2f} ms "
+            f"({'faster' if a.latency_ms < b.latency_ms else 'slower'}, {a.latency_ms / b.latency_ms:.2f}x).")
+
+
 def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
     lines = []
     level_margins: list[tuple[str, float, float | None]] = []  # (level, ours, paper) in points
@@ -253,7 +260,7 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
                 lines.append(f"- **Table 5, {label}**: {s} {_acc(r)} vs {baseline} {_acc(base)} "
                              f"({margin:+.2f} pt; MACs at 32 px {r.macs_32 / 1e6:.1f} M vs {base.macs_32 / 1e6:.1f} M): "
                              f"the claim that ShuffleNet is more accurate at matched complexity "
-                             f"**{_verdict(margin, r, base)}** here.")
+                             f"**{_verdict(margin, r, base)}** here.{_latency_txt(r, base)}")
         if best is not None:
             paper_errors = [results[s].paper_top1_error for s in shufflenets
                             if s in results and results[s].paper_top1_error is not None]
@@ -301,8 +308,9 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         f"Regenerate: `{cmd}` (this run took {elapsed / 60:.1f} min).",
         "",
         f"Data: Fashion-MNIST (real, 60k/10k, resized to 32 px), small-input stems. Budget: {budget}. Top-1 on the full "
-        "10,000-image test set. int8: onnxruntime static QDQ calibrated on 512 training images, evaluated on the full "
-        "test set. Latency: onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
+        "10,000-image test set, mean ± std over seeds. int8: the seed-0 run through onnxruntime static QDQ, calibrated "
+        "on 512 training images and evaluated on the full test set, beside that run's fp32 top-1. Latency: the seed-0 "
+        "run in onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
         "the papers' figures are ImageNet at 224 px.",
         "",
         "## Claims",
@@ -314,12 +322,12 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "",
         "## Models",
         "",
-        "| model | MACs @32 (M) | params (M) | peak act. (KiB) | top-1 (%) | int8 top-1 | latency (ms) | paper MFLOPs @224 | paper top-1 err |",
+        "| model | MACs @32 (M) | params (M) | peak act. (KiB) | top-1 (%) | int8 top-1 (seed-0 fp32) | latency (ms) | paper MFLOPs @224 | paper top-1 err |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         spread = f" ± {r.std:.2f}" if len(r.top1) > 1 else ""
-        int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f}"
+        int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f} ({r.top1[0]:.2f})" if r.top1 else f"{r.int8_top1:.2f}"
         lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | {r.peak_activation_bytes / 1024:.0f} | "
                      f"{r.mean:.2f}{spread} | {int8} | {'-' if r.latency_ms is None else f'{r.latency_ms:.2f}'} | "
                      f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
