@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="test the papers' claims (Tables 3 and 5) on Fashion-MNIST; writes a report")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a reduced set that finishes in minutes (default)")
-    mode.add_argument("--full", action="store_true", help="3 levels of Table 5, Table 3, 3 seeds (about 70 min on 2 cores)")
+    mode.add_argument("--full", action="store_true", help="3 levels of Table 5, Table 3, 3 seeds (about 85 min on 2 cores)")
     p.add_argument("--seeds", type=_positive_int, default=None, help="override the number of seeds")
     p.add_argument("--threads", type=_positive_int, default=None, help="training threads (default: the free cores)")
     p.add_argument("--out", default=None, help="output directory (default reports/quick or reports/full)")
