@@ -37,7 +37,7 @@ DEMO_RUN := $(DEMO)/runs/shufflenet_v1_g8_x0_5-seed0
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/mobilecnn tables --out $(DEMO)/paper_tables.md
-	$(BIN)/mobilecnn reproduce --quick --out $(DEMO)
+	$(BIN)/mobilecnn reproduce --quick --threads 2 --out $(DEMO)
 	$(BIN)/mobilecnn eval $(DEMO_RUN)
 	$(BIN)/mobilecnn export $(DEMO_RUN) --format onnx --int8 --out $(DEMO)/export/shufflenet_int8.onnx
 	$(BIN)/python examples/sample_photos.py $(DEMO)/photos

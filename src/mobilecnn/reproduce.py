@@ -58,7 +58,7 @@ class ReproducePlan:
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
 
 
-QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=6000,
+QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=12000,
                       bench_repeats=10)
 #: 17 models x 3 seeds = 51 runs of 156 steps: 84 min on this 2-core machine (2 threads, idle).
 FULL = ReproducePlan("full", levels=3, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
