@@ -224,12 +224,13 @@ def _int8(run: Path, check_count: int) -> tuple[float | None, str]:
 
 def _verdict(diff: float, a: ModelResult, b: ModelResult) -> str:
     """held / did not hold, or within seed noise when |diff| < 2 standard errors of the difference."""
+    verdict = "held" if diff > 0 else "did not hold"
     if len(a.top1) < 2 or len(b.top1) < 2:
-        return "held" if diff > 0 else "did not hold"
+        return verdict
     se = math.sqrt(a.std ** 2 / len(a.top1) + b.std ** 2 / len(b.top1))
     if abs(diff) < 2 * se:
-        return f"{'held' if diff > 0 else 'did not hold'} by the mean, within seed noise (2 SE = {2 * se:.2f} pt)"
-    return "held" if diff > 0 else "did not hold"
+        return f"{verdict} by the mean, within seed noise (2 SE = {2 * se:.2f} pt)"
+    return verdict
 
 
 def _acc(r: ModelResult) -> str:
@@ -327,7 +328,9 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
     ]
     for r in rows:
         spread = f" ± {r.std:.2f}" if len(r.top1) > 1 else ""
-        int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f} ({r.top1[0]:.2f})" if r.top1 else f"{r.int8_top1:.2f}"
+        int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f}"
+        if r.int8_top1 is not None and r.top1:
+            int8 += f" ({r.top1[0]:.2f})"  # the fp32 top-1 of the seed-0 run that was quantized
         lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | {r.peak_activation_bytes / 1024:.0f} | "
                      f"{r.mean:.2f}{spread} | {int8} | {'-' if r.latency_ms is None else f'{r.latency_ms:.2f}'} | "
                      f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
