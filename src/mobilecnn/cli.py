@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--recipe", default=None, help="fast (default on small datasets), shufflenet, mobilenetv2")
     p.add_argument("--epochs", type=float, default=5)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch, kept under torchrun")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch, kept under torchrun (default: the recipe's: fast 64, shufflenet/mobilenetv2 256)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, scaled by batch)")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--schedule", default=None, choices=["linear", "cosine", "onecycle", "exponential", "constant"])
