@@ -404,11 +404,11 @@ def train(cfg: TrainConfig, callback: Callable[[str, dict[str, Any]], None] | No
     """
     from .data import load_data
 
+    recipe_name, recipe = cfg.resolved_recipe()
     if cfg.batch_size is None:
-        cfg = dataclasses.replace(cfg, batch_size=cfg.resolved_recipe()[1].batch_size)
+        cfg = dataclasses.replace(cfg, batch_size=recipe.batch_size)
     _check_config(cfg)
     ddp = _init_distributed()
-    recipe_name, recipe = cfg.resolved_recipe()
     if cfg.batch_size % ddp.world_size:
         raise TrainError(f"--batch-size {cfg.batch_size} must be divisible by the {ddp.world_size} processes")
     threads = cfg.threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size)))
