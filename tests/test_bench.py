@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mobilecnn.bench import REFERENCE_BACKEND, REFERENCE_MODEL, BenchRow, benchmark, time_callable, write_bench_outputs
-from mobilecnn.runtime import available_cpus
+from mobilecnn.deploy.runtime import available_cpus
 
 
 @pytest.fixture(autouse=True)

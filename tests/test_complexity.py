@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mobilecnn import create_model, list_models, profile, published
-from mobilecnn.complexity import count_macs, peak_activation_bytes
+from mobilecnn.analysis.complexity import count_macs, peak_activation_bytes
 from mobilecnn.layers import DepthwiseSeparableConv
 
 PUBLISHED_FIGURES = [
@@ -24,7 +24,7 @@ def test_macs_match_published(name, res):
 
 
 def test_macs_tolerance_rule():
-    from mobilecnn.registry import Published
+    from mobilecnn.models import Published
 
     nearest = Published("t", {224: 100})
     assert nearest.macs_matches(101.9e6) and not nearest.macs_matches(102.1e6)

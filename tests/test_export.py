@@ -8,16 +8,12 @@ import torch
 from torch import nn
 
 from mobilecnn import create_model
-from mobilecnn.export import (
-    FORMATS,
-    DeployClassifier,
-    ExportVerificationError,
-    avgpool_to_depthwise,
-    deploy_form,
-    export_model,
-    fold_batchnorm,
-)
-from mobilecnn.runtime import MissingBackendError, available_cpus, load_runtime
+from mobilecnn.deploy.export import export_model
+from mobilecnn.deploy.fold import DeployClassifier, avgpool_to_depthwise, deploy_form, fold_batchnorm
+from mobilecnn.deploy.formats import FORMATS
+from mobilecnn.errors import ExportVerificationError
+from mobilecnn.deploy.runtime import available_cpus, load_runtime
+from mobilecnn.errors import MissingBackendError
 
 FAMILIES = ["shufflenet_v1_g3_x0_5", "mobilenet_v2_x0_35", "mobilenet_v1_x0_25"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml", "executorch": ".pte"}
@@ -203,7 +199,7 @@ def test_bad_options(tmp_path, kwargs, match):
 def test_missing_backend_error_names_extra():
     err = MissingBackendError("x needs y; install the deployment extras: pip install 'mobilecnn[deploy]'")
     assert isinstance(err, ImportError)
-    from mobilecnn.runtime import require_backend
+    from mobilecnn.deploy.runtime import require_backend
 
     with pytest.raises(MissingBackendError, match=r"pip install 'mobilecnn\[deploy\]'"):
         require_backend("mobilecnn_no_such_backend", "testing")

@@ -28,11 +28,13 @@ import pytest
 import torch
 
 from mobilecnn import create_model, list_models, profile
-from mobilecnn.checkpoint import CheckpointError, latest_checkpoint, load_weights
+from mobilecnn.errors import CheckpointError
+from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights
 from mobilecnn.cli import main
-from mobilecnn.evaluate import evaluate_run, load_trained
-from mobilecnn.predict import Predictor, load_predictor, predict_files
-from mobilecnn.registry import UnknownModelError
+from mobilecnn.evaluate import evaluate_run
+from mobilecnn.runs.rundir import load_trained
+from mobilecnn.deploy.predict import Predictor, load_predictor, predict_files
+from mobilecnn.errors import UnknownModelError
 from mobilecnn.train import TrainConfig, train
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -291,7 +293,7 @@ def test_no_unsafe_deserialisation_in_the_source():
 
 
 def test_cifar_reader_refuses_a_malicious_pickle(tmp_path):
-    from mobilecnn.data import DataError, _safe_unpickle
+    from mobilecnn.data.cifar import DataError, _safe_unpickle
 
     marker = tmp_path / "pwned"
     path = tmp_path / "data_batch_1"
@@ -557,7 +559,7 @@ def test_fuzz_export_cli(run_dir, tmp_path, capsys, fmt, int8, max_drop, suffix,
 @needs_fashion
 def test_export_without_the_backend_installed_is_a_clean_error(run_dir, tmp_path, capsys, monkeypatch):
     import mobilecnn.export as export_module
-    from mobilecnn.runtime import MissingBackendError
+    from mobilecnn.errors import MissingBackendError
 
     def missing(module: str, purpose: str):
         raise MissingBackendError(f"{purpose} needs the Python package {module!r}; pip install 'mobilecnn[deploy]'")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mobilecnn.cli import main
-from mobilecnn.predict import load_predictor, predict_files, preprocess_image
+from mobilecnn.deploy.predict import load_predictor, predict_files, preprocess_image
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from mobilecnn import create_model
-from mobilecnn.export import export_model
-from mobilecnn.quantize import Int8AccuracyError, Int8Report, evaluate_int8, openvino_int8_risky_convs
+from mobilecnn.deploy.export import export_model
+from mobilecnn.errors import Int8AccuracyError
+from mobilecnn.deploy.quantize import Int8Report, evaluate_int8, openvino_int8_risky_convs
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean / std

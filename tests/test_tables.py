@@ -1,5 +1,5 @@
 from mobilecnn import list_models, published
-from mobilecnn.tables import paper_tables, tables_markdown
+from mobilecnn.analysis.tables import paper_tables, tables_markdown
 
 
 def test_every_published_configuration_appears_in_the_tables():

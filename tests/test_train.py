@@ -17,20 +17,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mobilecnn import create_model
-from mobilecnn.checkpoint import CheckpointError, latest_checkpoint, load_weights, save_weights
+from mobilecnn.errors import CheckpointError
+from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights, save_weights
 from mobilecnn.cli import main
-from mobilecnn.evaluate import evaluate_run, load_trained
-from mobilecnn.train import (
-    NonFiniteLossError,
-    RunLockedError,
-    TrainConfig,
-    TrainError,
-    learning_rate,
-    param_groups,
-    recalibrate_batchnorm,
-    run_lock,
-    train,
-)
+from mobilecnn.evaluate import evaluate_run
+from mobilecnn.runs.rundir import load_trained
+from mobilecnn.errors import NonFiniteLossError, RunLockedError, TrainError
+from mobilecnn.runs.rundir import run_lock
+from mobilecnn.train import TrainConfig, learning_rate, param_groups, recalibrate_batchnorm, train
 
 FASHION = Path(os.environ.get("MOBILECNN_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
 needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
@@ -258,7 +252,7 @@ def test_output_directory_holding_another_run(tmp_path, capsys):
 
 
 def test_checkpoint_from_another_model_or_class_count(tmp_path):
-    from mobilecnn.checkpoint import model_metadata
+    from mobilecnn.runs.checkpoints import model_metadata
 
     src = create_model("mobilenet_v1_x0_25", num_classes=10)
     path = tmp_path / "w.safetensors"

@@ -1,10 +1,16 @@
-"""mobilecnn: ShuffleNet v1, MobileNetV2 and MobileNet V1 exact to the papers, from training to device."""
+"""mobilecnn: ShuffleNet v1, MobileNetV2 and MobileNet V1 exact to the papers, from training to device.
 
-from . import models  # noqa: F401  (registers the models)
-from .complexity import ModelProfile, profile
-from .registry import UnknownModelError, create_model, get_model_entry, list_models, published
+The road: image file (:mod:`.data`) -> model (:mod:`.models`, built from :mod:`.layers`) -> training
+(:mod:`.train`) -> run directory and checkpoints (:mod:`.runs`) -> verified device file and predictions
+(:mod:`.deploy`); :mod:`.analysis` counts complexity, :mod:`.bench` times, :mod:`.reproduce` tests the
+papers' claims, :mod:`.cli` is the command line.
+"""
+
+from .analysis import ModelProfile, profile
+from .errors import MobileCNNError, UnknownModelError
+from .models import create_model, get_model_entry, list_models, published
 
 __version__ = "0.1.0"
 
 __all__ = ["create_model", "list_models", "get_model_entry", "published", "profile", "ModelProfile",
-           "UnknownModelError", "__version__"]
+           "MobileCNNError", "UnknownModelError", "__version__"]

@@ -3,7 +3,7 @@
 Backends (``BACKENDS``):
 
 * ``eager`` -- PyTorch eager, BN folded (:func:`mobilecnn.export.fold_batchnorm`) + channels_last
-  (MEASURED.md: unfused BN is ~22% of eager time; NCHW depthwise is 2.4x slower at batch 32);
+  (unfused BN was ~22% of eager time; NCHW depthwise 2.4x slower at batch 32: docs/deployment.md);
 * ``compiled`` -- ``torch.compile`` with inductor freezing, channels_last; a failure gives a row
   with no timings and the error in ``notes``;
 * ``onnxruntime``, ``openvino``, ``executorch`` -- the file :func:`mobilecnn.export.export_model`
@@ -11,15 +11,15 @@ Backends (``BACKENDS``):
 * ``onnxruntime_int8``, ``openvino_int8``, ``executorch_int8`` -- int8 files for *latency only*:
   calibrated on the images given (random ones by default), accuracy NOT checked. OpenVINO int8 rows
   of models with grouped 1x1 convs of 20/30 channels per group carry ``valid=False`` (the output is
-  wrong there, MEASURED.md; ``export_model`` refuses such files).
+  wrong there, docs/deployment.md; ``export_model`` refuses such files).
 
 Every run also times torchvision's ``mobilenet_v2()`` and ``shufflenet_v2_x1_0()`` (random
 weights) on the requested backends, plus ``mobilenet_v2`` on ``eager_reference`` (plain eval mode,
 BN unfolded, NCHW), timed first and again last: ``ratio_to_reference`` of each row is its median over
-the faster of those two medians at the same threads, batch and resolution (MEASURED.md: medians move
+the faster of those two medians at the same threads, batch and resolution (medians moved
 +-30% between passes on a shared VM, so only ratios measured in one run are comparable).
 
-Thread counts above the available CPUs are refused (oversubscription: 12 ms -> 2.2 s, MEASURED.md).
+Thread counts above the available CPUs are refused (oversubscription: 12 ms -> 2.2 s).
 Library code: returns values and raises, never prints.
 """
 
@@ -39,12 +39,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .complexity import count_macs
-from .export import _export, fold_batchnorm
-from .quantize import openvino_int8_risky_convs
-from .registry import create_model
-from .runtime import check_threads, load_runtime
-from .utils import atomic_write, atomic_write_text
+from .analysis.complexity import count_macs
+from .deploy.export import export_model
+from .deploy.fold import fold_batchnorm
+from .deploy.formats import format_for_runtime
+from .deploy.quantize import openvino_int8_risky_convs
+from .deploy.runtime import check_threads, load_runtime
+from .models import create_model, get_model_entry
+from .runs.files import atomic_write, atomic_write_text
+from .runs.rundir import load_trained
 
 __all__ = [
     "BACKENDS",
@@ -62,7 +65,6 @@ INT8_BACKENDS = ("onnxruntime_int8", "openvino_int8", "executorch_int8")
 REFERENCE_BACKEND = "eager_reference"
 REFERENCE_MODEL = "torchvision.mobilenet_v2"
 REFERENCE_MODELS = (REFERENCE_MODEL, "torchvision.shufflenet_v2_x1_0")
-_FORMAT = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml"), "executorch": ("executorch", ".pte")}
 
 
 @dataclass
@@ -273,18 +275,17 @@ def _bench_backend(name: str, module: nn.Module, backend: str, threads: list[int
         if base == "openvino" and openvino_int8_risky_convs(module):
             valid = False
             notes_common.append("OpenVINO int8 output is WRONG for this model (grouped 1x1 convs with 20/30 channels "
-                                "per group, MEASURED.md); export_model refuses it")
+                                "per group, docs/deployment.md); export_model refuses it")
 
     def export_for(batch: int) -> tuple[Path, list[str]]:
         key = batch if base == "executorch" else None  # ExecuTorch files have a static batch
         if key not in exported:
-            fmt, suffix = _FORMAT[base]
+            fmt = format_for_runtime(base)
             safe = name.replace("/", "_").replace(".", "_")
-            path = work / f"{safe}_{backend}{'' if key is None else f'_b{key}'}{suffix}"
+            path = work / f"{safe}_{backend}{'' if key is None else f'_b{key}'}{fmt.suffix}"
             example = torch.randn(batch, chans, resolution, resolution, generator=gen)
-            report = _export(module, fmt, path, example=example, verify_images=verify, int8=int8,
-                             calibration=calib if int8 else None, check_images=None, check_labels=None, max_drop=0.5,
-                             rtol=1e-4, threads=1, max_batch=None, opset=None, accuracy_check=False)
+            report = export_model(module, fmt.name, path, example=example, verify_images=verify, int8=int8,
+                                  calibration=calib if int8 else None, check_accuracy=False)
             exported[key] = (path, [f"export: {n}" for n in report.notes
                                     if not n.startswith(("BatchNorm folded", "head exported"))])
         return exported[key]
@@ -465,15 +466,11 @@ def run_bench(
     A run directory is measured with its trained weights at its training resolution, and its
     validation top-1 is attached to its rows (the accuracy-vs-latency plot).
     """
-    from .registry import get_model_entry
-
     targets = list(targets) or ["shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0"]
     groups: dict[int, list[tuple[str | nn.Module, float | None]]] = {}
     for target in targets:
         path = Path(target)
         if path.is_dir():
-            from .evaluate import load_trained
-
             loaded = load_trained(path)
             res = resolution or int(loaded.data.get("resolution") or 224)
             accuracy = None

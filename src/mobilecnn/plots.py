@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .utils import atomic_write  # noqa: E402
+from .runs.files import atomic_write  # noqa: E402
 
 __all__ = ["read_metrics", "plot_training_curves", "plot_confusion"]
 

@@ -16,14 +16,20 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .complexity import profile
-from .registry import create_model, published
-from .utils import atomic_write_text
+from .analysis.complexity import profile
+from .bench import benchmark
+from .deploy.export import export_run
+from .models import create_model, published
+from .plots import plot_reproduce
+from .runs.files import atomic_write_text
+from .runs.rundir import load_trained
+from .train import TrainConfig, default_threads, train
 
 __all__ = ["ReproducePlan", "QUICK", "FULL", "run_reproduce", "rebuild_report", "TABLE5_LEVELS", "TABLE3_MODELS"]
 
@@ -124,7 +130,6 @@ def plan_models(plan: ReproducePlan) -> list[tuple[str, str, bool]]:
 
 def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_dir: Path,
                 callback: Callable[[str, dict], None] | None) -> dict[str, Any]:
-    from .train import TrainConfig, train
 
     cfg = TrainConfig(model=model, out=str(run_dir), epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
                       subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / "config.json").exists(),
@@ -142,7 +147,6 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
 
     Finished runs are kept under ``out_dir/runs``: running again resumes instead of starting over.
     """
-    from .train import default_threads
 
     out = Path(out_dir)
     notify = progress or (lambda event, info: None)
@@ -199,8 +203,6 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
 
 def _latency(run: Path, plan: ReproducePlan) -> float | None:
     """Batch-1 median latency (ms, 1 thread) of the trained model in onnxruntime fp32."""
-    from .bench import benchmark
-    from .evaluate import load_trained
 
     loaded = load_trained(run)
     rows = benchmark([loaded.model], ["onnxruntime"], [1], [1], 32, repeats=plan.bench_repeats, references=False,
@@ -211,9 +213,7 @@ def _latency(run: Path, plan: ReproducePlan) -> float | None:
 
 def _int8(run: Path, check_count: int) -> tuple[float | None, str]:
     """int8 (onnxruntime static QDQ) top-1 on the full test set, refused exports reported as such."""
-    import tempfile
 
-    from .deploy import export_run
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -295,7 +295,6 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
 
 
 def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Path, elapsed: float) -> dict[str, Any]:
-    from .plots import plot_reproduce
 
     rows = list(results.values())
     plots = plot_reproduce(rows, out)

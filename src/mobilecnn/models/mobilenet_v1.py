@@ -9,10 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import ConvBNAct, DepthwiseSeparableConv
-from ..registry import Published, register_model
-from ._base import ClassifierNet, check_width, init_weights
+from .base import ClassifierNet, check_width, init_weights
+from .published import Published
+from .registry import register_model
 
-__all__ = ["MobileNetV1", "BLOCKS", "PUBLISHED"]
+__all__ = ["MobileNetV1", "BLOCKS"]
 
 STEM_CHANNELS = 32
 #: Table 1: (output channels, stride) of the 13 depthwise separable blocks.
@@ -25,8 +26,8 @@ BLOCKS: list[tuple[int, int]] = [
 class MobileNetV1(ClassifierNet):
     """MobileNet V1 at width ``alpha``.
 
-    ``small_input=True``: stride-1 stem and the first stride-2 block at stride 1, the MobileNetV2 rule of
-    SPEC.md (total stride 8, like the other small-input stems), so that complexity stays matched with
+    ``small_input=True``: stride-1 stem and the first stride-2 block at stride 1, the MobileNetV2 rule
+    (total stride 8, like the other small-input stems), so that complexity stays matched with
     ShuffleNet at 32 px as it is at 224 (ShuffleNet Table 5).
     """
 
@@ -59,29 +60,32 @@ class MobileNetV1(ClassifierNet):
         init_weights(self)
 
 
-_WIDTHS = {
-    # key: (alpha, {resolution: MMACs}, params M, ImageNet top-1 %) from Tables 6 and 7
-    "0_25": (0.25, {224: 41}, 0.5, 50.6),
-    "0_5": (0.5, {224: 149}, 1.3, 63.7),
-    "0_75": (0.75, {224: 325}, 2.6, 68.4),
-    "1_0": (1.0, {224: 569, 192: 418, 160: 290, 128: 186}, 4.2, 70.6),
-}
-
-PUBLISHED: dict[str, Published] = {}
+# Published figures: MACs from Tables 6 and 7, params (M) and ImageNet top-1 error (%) from Table 6.
 
 
-def _register_all() -> None:
-    for key, (alpha, macs, params, top1) in _WIDTHS.items():
-        name = f"mobilenet_v1_x{key}"
-
-        def builder(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                    dropout: float = 0.0, _a: float = alpha) -> MobileNetV1:
-            return MobileNetV1(_a, num_classes, in_chans, small_input, dropout)
-
-        builder.__name__ = builder.__qualname__ = name
-        builder.__doc__ = f"MobileNet V1 width {alpha:g}."
-        PUBLISHED[name] = Published("MobileNet V1 Tables 6/7", macs, params=params, top1_error=round(100 - top1, 1))
-        register_model(name, builder, "mobilenet_v1", PUBLISHED[name])
+@register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 41}, params=0.5, top1_error=49.4))
+def mobilenet_v1_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.0) -> MobileNetV1:
+    """MobileNet V1 width 0.25."""
+    return MobileNetV1(0.25, num_classes, in_chans, small_input, dropout)
 
 
-_register_all()
+@register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 149}, params=1.3, top1_error=36.3))
+def mobilenet_v1_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.0) -> MobileNetV1:
+    """MobileNet V1 width 0.5."""
+    return MobileNetV1(0.5, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 325}, params=2.6, top1_error=31.6))
+def mobilenet_v1_x0_75(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.0) -> MobileNetV1:
+    """MobileNet V1 width 0.75."""
+    return MobileNetV1(0.75, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 569, 192: 418, 160: 290, 128: 186}, params=4.2, top1_error=29.4))
+def mobilenet_v1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.0) -> MobileNetV1:
+    """MobileNet V1 width 1."""
+    return MobileNetV1(1.0, num_classes, in_chans, small_input, dropout)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
-from ..registry import Published, register_model
-from ._base import ClassifierNet, check_width, init_weights
+from .base import ClassifierNet, check_width, init_weights
+from .published import Published
+from .registry import register_model
 
-__all__ = ["MobileNetV2", "INVERTED_RESIDUAL_SETTING", "PUBLISHED"]
+__all__ = ["MobileNetV2", "INVERTED_RESIDUAL_SETTING"]
 
 #: Table 2: expansion t, output channels c, repeats n, first stride s.
 INVERTED_RESIDUAL_SETTING: list[tuple[int, int, int, int]] = [
@@ -33,8 +34,8 @@ RESOLUTIONS = (224, 192, 160, 128, 96)
 class MobileNetV2(ClassifierNet):
     """MobileNetV2 at width ``width_mult``.
 
-    ``small_input=True``: stride-1 stem and the first stride-2 stage (t=6, c=24) at stride 1
-    (SPEC.md), total stride 8 instead of 32.
+    ``small_input=True``: stride-1 stem and the first stride-2 stage (t=6, c=24) at stride 1,
+    total stride 8 instead of 32 (for 28-64 px images).
     """
 
     def __init__(
@@ -71,43 +72,54 @@ class MobileNetV2(ClassifierNet):
         init_weights(self)
 
 
-#: Figures of the MobileNetV2 paper (Table 4 and the width x resolution grid of Figure 5/appendix);
-#: params are without BN at 1000 classes (the paper's 6.9M for 1.4 is a known error: 6.06M). The grid
-#: truncates to the million: every count here lies in [P, P + 1), e.g. 0.35 @ 96 is 11.93 M, printed 11.
-_MADDS = {
-    "0_35": (0.35, [59, 43, 30, 20, 11]),
-    "0_5": (0.5, [97, 71, 50, 32, 18]),
-    "0_75": (0.75, [209, 153, 107, 69, 39]),
-    "1_0": (1.0, [300, 221, 154, 99, 56]),
-    "1_3": (1.3, [509]),
-    "1_4": (1.4, [582]),
-}
-_PARAMS = {"1_0": 3.47, "1_4": 6.06}
-_TOP1_ERROR = {"1_0": 28.0, "1_4": 25.3}  # Table 4: 72.0% and 74.7% top-1
-
-PUBLISHED: dict[str, Published] = {}
+#: Figures of the MobileNetV2 paper (Table 4 and the width x resolution MAdds grid); params are without
+#: BN at 1000 classes (the paper's 6.9M for 1.4 is a known error: 6.06M). The grid truncates to the
+#: million: every count here lies in [P, P + 1), e.g. 0.35 @ 96 is 11.93 M, printed 11.
 
 
-def _register_all() -> None:
-    for key, (width, madds) in _MADDS.items():
-        name = f"mobilenet_v2_x{key}"
-
-        def builder(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                    dropout: float = 0.2, _w: float = width) -> MobileNetV2:
-            return MobileNetV2(_w, num_classes, in_chans, small_input, dropout)
-
-        builder.__name__ = builder.__qualname__ = name
-        builder.__doc__ = f"MobileNetV2 width {width:g}."
-        PUBLISHED[name] = Published(
-            "MobileNetV2 Table 4 / MAdds grid",
-            dict(zip(RESOLUTIONS, madds)),
-            params=_PARAMS.get(key),
-            params_step=0.01,
-            top1_error=_TOP1_ERROR.get(key),
-            macs_rounding="floor",
-            note="the MAdds grid truncates to the million (0.35 @ 96: 11.93 M printed as 11)",
-        )
-        register_model(name, builder, "mobilenet_v2", PUBLISHED[name])
+def _published(madds: list[int], params: float | None = None, top1_error: float | None = None) -> Published:
+    return Published("MobileNetV2 Table 4 / MAdds grid", dict(zip(RESOLUTIONS, madds)), params=params, params_step=0.01,
+                     top1_error=top1_error, macs_rounding="floor",
+                     note="the MAdds grid truncates to the million (0.35 @ 96: 11.93 M printed as 11)")
 
 
-_register_all()
+@register_model("mobilenet_v2", _published([59, 43, 30, 20, 11]))
+def mobilenet_v2_x0_35(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.2) -> MobileNetV2:
+    """MobileNetV2 width 0.35."""
+    return MobileNetV2(0.35, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v2", _published([97, 71, 50, 32, 18]))
+def mobilenet_v2_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.2) -> MobileNetV2:
+    """MobileNetV2 width 0.5."""
+    return MobileNetV2(0.5, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v2", _published([209, 153, 107, 69, 39]))
+def mobilenet_v2_x0_75(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.2) -> MobileNetV2:
+    """MobileNetV2 width 0.75."""
+    return MobileNetV2(0.75, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v2", _published([300, 221, 154, 99, 56], params=3.47, top1_error=28.0))  # Table 4: 72.0% top-1
+def mobilenet_v2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.2) -> MobileNetV2:
+    """MobileNetV2 width 1."""
+    return MobileNetV2(1.0, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v2", _published([509]))
+def mobilenet_v2_x1_3(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.2) -> MobileNetV2:
+    """MobileNetV2 width 1.3."""
+    return MobileNetV2(1.3, num_classes, in_chans, small_input, dropout)
+
+
+@register_model("mobilenet_v2", _published([582], params=6.06, top1_error=25.3))  # Table 4: 74.7% top-1
+def mobilenet_v2_x1_4(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                     dropout: float = 0.2) -> MobileNetV2:
+    """MobileNetV2 width 1.4."""
+    return MobileNetV2(1.4, num_classes, in_chans, small_input, dropout)

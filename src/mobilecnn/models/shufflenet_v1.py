@@ -2,9 +2,9 @@
 
 Network (Table 1): 3x3 conv s2 -> 3x3 max pool s2 -> Stage 2/3/4 of 4/8/4 :class:`ShuffleNetUnit`
 (the first of each with stride 2) -> global average pool -> Linear (with bias; the authors' released
-code has none, SPEC.md asks for it: +num_classes params).
+code has none: +num_classes params).
 
-Channel rule (``shufflenet_v1_channels``). The authors released exact lists for g=3 and g=8 (kept
+Channel rule (``shufflenet_v1_channels``, docs/shufflenet_channels.md). The authors released exact lists for g=3 and g=8 (kept
 below as :data:`RELEASED_CHANNELS` and used verbatim). For every other (g, s):
 
 * stage 2 width = Table 1 width x s rounded to the nearest multiple of 4g (ties to the wider
@@ -13,7 +13,7 @@ below as :data:`RELEASED_CHANNELS` and used verbatim). For every other (g, s):
 
 This rule reproduces every released list exactly (a test checks it). It gives 37.6-40.9 MFLOPs at
 0.5x and 10.4-12.4 at 0.25x, where Table 2 prints "~38" and "~13": those two columns are marked
-approximate in :data:`PUBLISHED` (tolerance 8% and 20%).
+approximate in their published figures (tolerance 8% and 20%).
 
 Params: the released figures count BN and no classifier bias (g=3 2x: 5.4498M prints as 5.4M).
 """
@@ -25,17 +25,18 @@ import math
 from torch import nn
 
 from ..layers import ConvBNAct, ShuffleNetUnit
-from ..registry import Published, register_model
-from ._base import ClassifierNet, check_positive_int, check_width, init_weights
+from .base import ClassifierNet, check_positive_int, check_width, init_weights
+from .published import Published
+from .registry import register_model
 
-__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "RELEASED_CHANNELS", "PUBLISHED", "TABLE1_STAGE_WIDTH"]
+__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "RELEASED_CHANNELS", "TABLE1_STAGE_WIDTH"]
 
 #: Table 1: Stage 2 output channels at 1x for each group count (stages 3, 4 double it).
 TABLE1_STAGE_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 #: Table 1: units per stage.
 STAGE_UNITS = (4, 8, 4)
 
-#: The authors' released lists [stem, stage2, stage3, stage4] (SPEC.md).
+#: The authors' released lists [stem, stage2, stage3, stage4] (megvii-model/ShuffleNet-Series).
 RELEASED_CHANNELS: dict[tuple[int, float], tuple[int, int, int, int]] = {
     (3, 0.5): (12, 120, 240, 480),
     (3, 1.0): (24, 240, 480, 960),
@@ -48,9 +49,8 @@ RELEASED_CHANNELS: dict[tuple[int, float], tuple[int, int, int, int]] = {
 }
 
 GROUPS = (1, 2, 3, 4, 8)
-SCALES = {"0_25": 0.25, "0_5": 0.5, "1_0": 1.0, "1_5": 1.5, "2_0": 2.0}
 
-# Table 5 variants (~40 MFLOPs). arch2: the first arXiv version's g=8 0.5x network (SPEC.md). With
+# Table 5 variants (~40 MFLOPs). arch2: the first arXiv version's g=8 0.5x network. With
 # Stage 2's first 1x1 ungrouped, as in every other model, it counts 43.0 MFLOPs (+7.5%); grouping that
 # conv too would give 40.5. We keep the unit as specified and widen this figure's tolerance to 8%.
 ARCH2_CHANNELS = (16, 224, 416, 832)
@@ -83,7 +83,7 @@ def shufflenet_v1_channels(groups: int, scale: float) -> tuple[int, int, int, in
 class ShuffleNetV1(ClassifierNet):
     """ShuffleNet v1 with explicit channels; see :func:`shufflenet_v1_channels` for the zoo's widths.
 
-    ``small_input=True``: stride-1 stem and no max pool (SPEC.md, for 28-64 px images), total
+    ``small_input=True``: stride-1 stem and no max pool (for 28-64 px images), total
     stride 8 instead of 32. ``shuffle=False`` removes every channel shuffle (Table 3 ablation).
     """
 
@@ -144,7 +144,7 @@ _RELEASED_PARAMS_CONVENTION = {"params_include_bn": True, "params_include_classi
 
 
 def _published_for(groups: int, scale_key: str) -> Published | None:
-    """Table 1/2 and the released figures (SPEC.md) for one (g, s)."""
+    """Table 1/2 and the figures of the released models for one (g, s)."""
     table2_error = {
         "1_0": {1: 33.6, 2: 32.7, 3: 32.6, 4: 32.8, 8: 32.4},
         "0_5": {1: 45.1, 2: 44.4, 3: 43.2, 4: 41.6, 8: 42.3},
@@ -174,37 +174,179 @@ def _published_for(groups: int, scale_key: str) -> Published | None:
     return None
 
 
-#: Published figures of every registered ShuffleNet v1, by model name.
-PUBLISHED: dict[str, Published | None] = {}
+# The registry: one entry per name. Widths come from shufflenet_v1_channels; published figures from
+# Tables 1, 2 and 5 and the released models (_published_for).
 
 
-def _register_all() -> None:
-    for groups in GROUPS:
-        for scale_key, scale in SCALES.items():
-            name = f"shufflenet_v1_g{groups}_x{scale_key}"
-
-            def builder(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                        shuffle: bool = True, _g: int = groups, _s: float = scale) -> ShuffleNetV1:
-                return ShuffleNetV1(shufflenet_v1_channels(_g, _s), _g, STAGE_UNITS, num_classes, in_chans,
-                                    small_input, shuffle)
-
-            builder.__name__ = builder.__qualname__ = name
-            builder.__doc__ = f"ShuffleNet {scale:g}x, g={groups} (channels {shufflenet_v1_channels(groups, scale)})."
-            PUBLISHED[name] = _published_for(groups, scale_key)
-            register_model(name, builder, "shufflenet_v1", PUBLISHED[name])
-
-    def arch2(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
-        """Table 5 "ShuffleNet 0.5x (arch2, g=8)": stem 16, stages 224/416/832 of 4/6/4 units."""
-        return ShuffleNetV1(ARCH2_CHANNELS, 8, ARCH2_UNITS, num_classes, in_chans, small_input, shuffle)
-
-    def shallow(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
-        """Table 5 "ShuffleNet 0.5x (shallow, g=3)": 2/4/2 units, widened to ~40 MFLOPs (stem 18, 168/336/672)."""
-        return ShuffleNetV1(SHALLOW_CHANNELS, 3, SHALLOW_UNITS, num_classes, in_chans, small_input, shuffle)
-
-    for name, fn in (("shufflenet_v1_g8_x0_5_arch2", arch2), ("shufflenet_v1_g3_x0_5_shallow", shallow)):
-        PUBLISHED[name] = Published("ShuffleNet Table 5", {224: 40}, approximate=True, macs_tolerance=0.08,
-                                    note="Table 5 prints ~40")
-        register_model(name, fn, "shufflenet_v1", PUBLISHED[name])
+def _build(groups: int, scale: float, stage_units: tuple[int, int, int] = STAGE_UNITS, channels: tuple[int, int, int, int] | None = None,
+           **kwargs) -> ShuffleNetV1:
+    return ShuffleNetV1(channels or shufflenet_v1_channels(groups, scale), groups, stage_units, **kwargs)
 
 
-_register_all()
+@register_model("shufflenet_v1", _published_for(1, "0_25"))
+def shufflenet_v1_g1_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.25x, g=1."""
+    return _build(1, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(1, "0_5"))
+def shufflenet_v1_g1_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.5x, g=1."""
+    return _build(1, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(1, "1_0"))
+def shufflenet_v1_g1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1x, g=1."""
+    return _build(1, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(1, "1_5"))
+def shufflenet_v1_g1_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1.5x, g=1."""
+    return _build(1, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(1, "2_0"))
+def shufflenet_v1_g1_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 2x, g=1."""
+    return _build(1, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(2, "0_25"))
+def shufflenet_v1_g2_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.25x, g=2."""
+    return _build(2, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(2, "0_5"))
+def shufflenet_v1_g2_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.5x, g=2."""
+    return _build(2, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(2, "1_0"))
+def shufflenet_v1_g2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1x, g=2."""
+    return _build(2, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(2, "1_5"))
+def shufflenet_v1_g2_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1.5x, g=2."""
+    return _build(2, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(2, "2_0"))
+def shufflenet_v1_g2_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 2x, g=2."""
+    return _build(2, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(3, "0_25"))
+def shufflenet_v1_g3_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.25x, g=3."""
+    return _build(3, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(3, "0_5"))
+def shufflenet_v1_g3_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.5x, g=3."""
+    return _build(3, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(3, "1_0"))
+def shufflenet_v1_g3_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1x, g=3."""
+    return _build(3, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(3, "1_5"))
+def shufflenet_v1_g3_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1.5x, g=3."""
+    return _build(3, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(3, "2_0"))
+def shufflenet_v1_g3_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 2x, g=3."""
+    return _build(3, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(4, "0_25"))
+def shufflenet_v1_g4_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.25x, g=4."""
+    return _build(4, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(4, "0_5"))
+def shufflenet_v1_g4_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.5x, g=4."""
+    return _build(4, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(4, "1_0"))
+def shufflenet_v1_g4_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1x, g=4."""
+    return _build(4, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(4, "1_5"))
+def shufflenet_v1_g4_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1.5x, g=4."""
+    return _build(4, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(4, "2_0"))
+def shufflenet_v1_g4_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 2x, g=4."""
+    return _build(4, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(8, "0_25"))
+def shufflenet_v1_g8_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.25x, g=8."""
+    return _build(8, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(8, "0_5"))
+def shufflenet_v1_g8_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 0.5x, g=8."""
+    return _build(8, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(8, "1_0"))
+def shufflenet_v1_g8_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1x, g=8."""
+    return _build(8, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(8, "1_5"))
+def shufflenet_v1_g8_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 1.5x, g=8."""
+    return _build(8, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _published_for(8, "2_0"))
+def shufflenet_v1_g8_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+    """ShuffleNet 2x, g=8."""
+    return _build(8, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
+
+
+_TABLE5 = Published("ShuffleNet Table 5", {224: 40}, approximate=True, macs_tolerance=0.08, note="Table 5 prints ~40")
+
+
+@register_model("shufflenet_v1", _TABLE5)
+def shufflenet_v1_g8_x0_5_arch2(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                                shuffle: bool = True) -> ShuffleNetV1:
+    """Table 5 "ShuffleNet 0.5x (arch2, g=8)": stem 16, stages 224/416/832 of 4/6/4 units."""
+    return _build(8, 0.5, ARCH2_UNITS, ARCH2_CHANNELS, num_classes=num_classes, in_chans=in_chans,
+                  small_input=small_input, shuffle=shuffle)
+
+
+@register_model("shufflenet_v1", _TABLE5)
+def shufflenet_v1_g3_x0_5_shallow(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                                  shuffle: bool = True) -> ShuffleNetV1:
+    """Table 5 "ShuffleNet 0.5x (shallow, g=3)": 2/4/2 units, widened to ~40 MFLOPs (stem 18, 168/336/672)."""
+    return _build(3, 0.5, SHALLOW_UNITS, SHALLOW_CHANNELS, num_classes=num_classes, in_chans=in_chans,
+                  small_input=small_input, shuffle=shuffle)

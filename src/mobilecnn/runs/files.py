@@ -1,8 +1,9 @@
-"""Small shared helpers: atomic file writes."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -10,11 +11,26 @@ from typing import Callable
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a replacement of ``path`` gets: the existing file's, else what ``open`` would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_current_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a half-written file. On
-    failure the temporary file is removed and the error propagates.
+    failure the temporary file is removed and the error propagates. The new file keeps the mode of
+    the file it replaces, and otherwise gets the umask's (``mkstemp`` alone would make it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +38,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(path))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

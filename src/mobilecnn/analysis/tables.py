@@ -1,7 +1,7 @@
 """Regenerate the papers' complexity tables from the registered models, beside the published figures.
 
-Every "published" number comes from :func:`mobilecnn.registry.published` (the data kept next to
-each model); every "ours" number is counted by :mod:`mobilecnn.complexity` on the built model.
+Every "published" number comes from :func:`mobilecnn.models.published` (the data kept next to
+each model); every "ours" number is counted by :mod:`mobilecnn.analysis.complexity` on the built model.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..models import create_model, published
 from .complexity import count_macs
-from .registry import create_model, published
 
 __all__ = ["TableRow", "paper_tables", "tables_markdown"]
 

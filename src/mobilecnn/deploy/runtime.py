@@ -11,12 +11,12 @@ suffix        runtime                              thread control
 ``.pte``      ExecuTorch (XNNPACK delegate)        ``_unsafe_reset_threadpool`` (process-wide)
 ============  ===================================  =========================================
 
-Settings follow ``../shared/MEASURED.md``: onnxruntime gets ``session.intra_op.allow_spinning=0``
+Settings (measured in docs/deployment.md): onnxruntime gets ``session.intra_op.allow_spinning=0``
 (spinning threads hurt on a busy box); OpenVINO defaults to bf16 on AMX CPUs, so fp32 files are
 compiled with ``INFERENCE_PRECISION_HINT=f32`` for parity with PyTorch (int8 files keep the
 plugin's default for their remaining float ops); ExecuTorch's thread pool must be sized before the
 program is loaded. Asking for more threads than the machine has logical CPUs is refused:
-oversubscription turned a 12 ms forward into 2.2 s in MEASURED.md.
+oversubscription turned a 12 ms forward into 2.2 s.
 
 A missing, corrupt or truncated file raises ``ValueError`` naming the file (``FileNotFoundError``
 when it does not exist); a runtime that is not installed raises :class:`MissingBackendError`.
@@ -31,29 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MissingBackendError, UsageError
+from .formats import format_for_path
+
 __all__ = [
     "Runtime",
-    "MissingBackendError",
     "load_runtime",
-    "runtime_suffixes",
-    "backend_for_path",
     "available_cpus",
     "require_backend",
 ]
 
-_SUFFIX_BACKEND = {
-    ".onnx": "onnxruntime",
-    ".pt": "torchscript",
-    ".ts": "torchscript",
-    ".xml": "openvino",
-    ".pte": "executorch",
-}
-
 _INSTALL_HINT = "install the deployment extras: pip install 'mobilecnn[deploy]'"
-
-
-class MissingBackendError(ImportError):
-    """An optional deployment package (onnxruntime, openvino, executorch, ...) is not installed."""
 
 
 def require_backend(module: str, purpose: str) -> Any:
@@ -63,21 +51,6 @@ def require_backend(module: str, purpose: str) -> Any:
     except ImportError as exc:
         raise MissingBackendError(f"{purpose} needs the Python package {module!r}, which is not importable "
                                   f"({exc}); {_INSTALL_HINT}") from exc
-
-
-def runtime_suffixes() -> dict[str, str]:
-    """File suffix -> runtime name, as :func:`load_runtime` dispatches."""
-    return dict(_SUFFIX_BACKEND)
-
-
-def backend_for_path(path: str | Path) -> str:
-    """The runtime name for ``path``'s suffix; ``ValueError`` listing the accepted suffixes otherwise."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return _SUFFIX_BACKEND[suffix]
-    except KeyError:
-        accepted = ", ".join(f"{s} ({b})" for s, b in _SUFFIX_BACKEND.items())
-        raise ValueError(f"{path}: unknown model file suffix {suffix!r}; accepted: {accepted}") from None
 
 
 def available_cpus() -> int:
@@ -91,12 +64,12 @@ def available_cpus() -> int:
 def check_threads(threads: object) -> int:
     """Validate a thread count: an integer from 1 to :func:`available_cpus`."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
     cpus = available_cpus()
     if threads > cpus:
-        raise ValueError(
+        raise UsageError(
             f"threads={threads} is more than the {cpus} CPU(s) available: oversubscribed runtimes run "
-            f"orders of magnitude slower (MEASURED.md); use at most {cpus}"
+            f"orders of magnitude slower; use at most {cpus}"
         )
     return threads
 
@@ -269,7 +242,7 @@ def _check_pte_file(path: Path) -> None:
 
 
 class ExecuTorchRuntime(Runtime):
-    """ExecuTorch program; the XNNPACK thread pool is process-wide, sized before loading (MEASURED.md)."""
+    """ExecuTorch program; the XNNPACK thread pool is process-wide, sized before loading."""
 
     backend = "executorch"
 
@@ -330,7 +303,7 @@ def load_runtime(path: str | Path, threads: int = 1) -> Runtime:
     suffix or a corrupt/truncated file, :class:`MissingBackendError` when the runtime is not installed.
     """
     path = Path(path)
-    backend = backend_for_path(path)
+    backend = format_for_path(path).runtime
     threads = check_threads(threads)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")

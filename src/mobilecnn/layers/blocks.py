@@ -1,7 +1,6 @@
-"""The building blocks the three papers describe; every model in :mod:`mobilecnn.models` is built from these.
+"""The convolution blocks the three papers describe; every model in :mod:`mobilecnn.models` is built from these.
 
-* :func:`channel_shuffle` / :class:`ChannelShuffle` -- ShuffleNet (arXiv 1707.01083) section 3.1.
-* :func:`conv_bn_act` / :class:`ConvBNAct` -- convolution + BatchNorm + optional activation.
+* :class:`ConvBNAct` -- convolution + BatchNorm + optional activation.
 * :func:`group_pointwise_conv` -- 1x1 group convolution (ShuffleNet section 3.1).
 * :class:`DepthwiseSeparableConv` -- MobileNet V1 (arXiv 1704.04861) section 3.1, Figure 3.
 * :class:`InvertedResidual` -- MobileNetV2 (arXiv 1801.04381) section 3.3, Table 1.
@@ -16,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .shuffle import ChannelShuffle
+
 __all__ = [
-    "channel_shuffle",
-    "ChannelShuffle",
     "ConvBNAct",
-    "conv_bn_act",
     "group_pointwise_conv",
     "DepthwiseSeparableConv",
     "InvertedResidual",
@@ -34,7 +32,8 @@ ActFactory = Callable[[], nn.Module] | None
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never going below 90% of it.
 
-    This is the MobileNetV2 width rounding of the authors' TF-slim code (SPEC.md):
+    This is the MobileNetV2 width rounding of the authors' TF-slim code (``_make_divisible`` in
+    their ``mobilenet.py``):
     ``max(divisor, int(v + divisor / 2) // divisor * divisor)``, plus one ``divisor`` if that fell
     below 0.9 v.
     """
@@ -43,63 +42,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
-
-
-_NATIVE_CL_MAX_NUMEL = 1 << 21
-
-
-def _tracing() -> bool:
-    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export())
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Shuffle the channels of an NCHW tensor across ``groups`` (ShuffleNet section 3.1).
-
-    With C = g * n channels, the channel axis is viewed as (g, n), transposed to (n, g) and flattened:
-    output channel ``k = i * g + j`` takes input channel ``j * n + i``. Values are identical for
-    contiguous (NCHW) and channels_last inputs, and the output keeps the input's memory format.
-    When tracing or exporting only reshape/transpose are used, so the op exports to ONNX (Reshape +
-    Transpose) and is delegated by every runtime tested (see MEASURED.md); in eager mode small
-    channels_last tensors go to PyTorch's native channel-shuffle kernel (same values, faster).
-    """
-    if x.dim() != 4:
-        raise ValueError(f"channel_shuffle expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-    batch, channels, height, width = x.shape
-    if not _tracing() and (groups < 1 or channels % groups != 0):
-        raise ValueError(f"channel_shuffle: groups={groups} must be >= 1 and divide the {channels} channels")
-    if groups == 1:
-        return x
-    per_group = channels // groups
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    if channels_last and x.numel() <= _NATIVE_CL_MAX_NUMEL and not _tracing():
-        # Measured (benchmarks/shuffle_cost.py): PyTorch's own channels-last kernel is 2-4x faster
-        # than the reshape/transpose copy below up to ~2M elements, and slower above.
-        return torch.channel_shuffle(x, groups)
-    if channels_last:
-        # The seed's NHWC code, on the NHWC view of a channels_last tensor: the copy made by the
-        # final reshape is NHWC-contiguous, so the result stays channels_last.
-        nhwc = x.permute(0, 2, 3, 1)
-        nhwc = nhwc.reshape(batch, height, width, groups, per_group).transpose(3, 4)
-        return nhwc.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-    x = x.reshape(batch, groups, per_group, height, width).transpose(1, 2)
-    return x.reshape(batch, channels, height, width)
-
-
-class ChannelShuffle(nn.Module):
-    """Module form of :func:`channel_shuffle`."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"ChannelShuffle: groups must be a positive integer, got {groups!r}")
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_shuffle(x, self.groups)
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}"
 
 
 class ConvBNAct(nn.Sequential):
@@ -141,13 +83,6 @@ class ConvBNAct(nn.Sequential):
             self.add_module(name, layer)
 
 
-def conv_bn_act(
-    in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, act: ActFactory = nn.ReLU
-) -> ConvBNAct:
-    """Functional alias of :class:`ConvBNAct`."""
-    return ConvBNAct(in_channels, out_channels, kernel_size, stride, groups, act)
-
-
 def group_pointwise_conv(in_channels: int, out_channels: int, groups: int, act: ActFactory = nn.ReLU) -> ConvBNAct:
     """1x1 group convolution + BN (+ activation): ShuffleNet's pointwise group convolution.
 
@@ -168,7 +103,6 @@ class DepthwiseSeparableConv(nn.Module):
     Cost on an F x F output: F^2 D K^2 + F^2 D C instead of F^2 D K^2 C (MobileNet V1 eq. 5).
     """
 
-    kernel_size = 3
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: ActFactory = nn.ReLU) -> None:
         super().__init__()
@@ -187,7 +121,6 @@ class InvertedResidual(nn.Module):
     ``stride == 1`` and ``in_channels == out_channels`` (section 3.3 / Figure 4).
     """
 
-    kernel_size = 3
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, act: ActFactory = nn.ReLU6) -> None:
         super().__init__()
@@ -224,7 +157,6 @@ class ShuffleNetUnit(nn.Module):
     ``shuffle=False`` removes the shuffle for the Table 3 ablation.
     """
 
-    kernel_size = 3
 
     def __init__(
         self,

@@ -2,31 +2,26 @@
 
 :func:`export_model` does, for every format:
 
-1. builds the *deploy form* (:func:`deploy_form`): BatchNorm folded into the convolutions
-   (:func:`fold_batchnorm`), and for the zoo's classifiers the head rewritten as global pool (keepdim)
-   -> 1x1 conv -> flatten, the same arithmetic as pool -> flatten -> Linear. The rewrite keeps the
-   ExecuTorch int8 program in one XNNPACK delegate (with a Linear head the flatten between two
-   delegates failed to serialise with a dynamic batch: "0 in strides is not supported").
-   The channel shuffle is traced as reshape/transpose (:func:`mobilecnn.layers.channel_shuffle`),
-   which every runtime here runs natively (MEASURED.md: the legacy ONNX exporter cannot export
-   ``aten::channel_shuffle``; ExecuTorch delegates reshape/transpose to XNNPACK). For ExecuTorch
-   only, ShuffleNet's zero-padded 3x3 average pools become equal fixed depthwise convs
-   (:func:`avgpool_to_depthwise`), because XNNPACK does not take count_include_pad pooling;
+1. builds the deploy form (:func:`mobilecnn.deploy.fold.deploy_form`: BN folded, export-friendly head);
+   the channel shuffle is traced as reshape/transpose, which every runtime here runs natively;
 2. writes the file(s) into a staging folder beside ``out_path``;
-3. loads the written file in its own runtime (:func:`mobilecnn.runtime.load_runtime`) and compares
+3. loads the written file in its own runtime (:func:`mobilecnn.deploy.runtime.load_runtime`) and compares
    with the PyTorch model on ``verify_images``: fp32 must agree to ``rtol`` (max abs logit difference
    / max abs logit), int8 must not lose more than ``max_drop`` top-1 points on the labelled check set;
 4. only then moves the file(s) into place (``os.replace``, fsynced: a crash leaves the old file or
    the new one). A file that fails is deleted and :class:`ExportVerificationError` (fp32) or
-   :class:`mobilecnn.quantize.Int8AccuracyError` (int8) is raised with the numbers; an existing file at
-   ``out_path`` is left untouched.
+   :class:`Int8AccuracyError` (int8) is raised with the numbers; an existing file at ``out_path`` is
+   left untouched.
+
+:func:`export_run` does the same for a trained run directory, with real images of the dataset it was
+trained on (training images for int8 calibration, test images for verification), and writes the
+``<file>.mobilecnn.json`` sidecar (model, labels, preprocessing, verification numbers) that
+``predict`` and ``bench`` read.
 
 Batch dimension: dynamic for ONNX (dynamo exporter, ``torch.export.Dim``), TorchScript (traced
 shapes) and OpenVINO (converted from that ONNX file). ExecuTorch plans memory for the largest
 shape, so its batch is static (the example's batch size) unless ``max_batch`` is given; the
 runtime splits and pads other batch sizes, and the report says which it is.
-
-Library code: returns values and raises, never prints.
 """
 
 from __future__ import annotations
@@ -34,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -46,11 +42,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models._base import ClassifierNet
+from ..data import Preprocessing, dataset_argument, load_data
+from ..errors import ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError
+from .fold import DeployClassifier, avgpool_to_depthwise, deploy_form, fold_batchnorm
+from ..runs.rundir import load_trained
+from .formats import FORMATS, SIDECAR_SUFFIX, format_named
 from .quantize import (
     INT8_FORMATS,
     INT8_SCHEMES,
-    Int8AccuracyError,
     Int8Report,
     check_calibration,
     evaluate_int8,
@@ -59,7 +58,7 @@ from .quantize import (
     quantize_onnx,
     quantize_openvino,
 )
-from .runtime import MissingBackendError, check_threads, load_runtime, require_backend
+from .runtime import check_threads, load_runtime, require_backend
 
 __all__ = [
     "FORMATS",
@@ -71,22 +70,8 @@ __all__ = [
     "export_model",
 ]
 
-#: Accepted formats and the file suffixes each may be written with (the first is the default).
-FORMATS: dict[str, tuple[str, ...]] = {
-    "onnx": (".onnx",),
-    "torchscript": (".pt", ".ts"),
-    "openvino": (".xml",),
-    "executorch": (".pte",),
-}
 _DYNAMIC_BATCH_MAX = 4096
-
-
-class ExportVerificationError(ValueError):
-    """The written file disagreed with PyTorch; it has been deleted. ``report`` holds the numbers."""
-
-    def __init__(self, message: str, report: "ExportReport") -> None:
-        super().__init__(message)
-        self.report = report
+MAX_CALIBRATION = 2048  # int8 calibration holds activations of every image: 60,000 tiny images took 21 GB
 
 
 @dataclass
@@ -115,125 +100,6 @@ class ExportReport:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-# --------------------------------------------------------------------------------------------------
-# Deploy form
-
-
-def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new conv computing ``bn(conv(x))`` in eval mode; the arithmetic is done in float64."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("fold_batchnorm: BatchNorm2d without running statistics cannot be folded")
-    w = conv.weight.detach().double()
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
-    scale = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    with torch.no_grad():
-        fused.weight.copy_((w * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
-        fused.bias.copy_((beta + (b - bn.running_mean.detach().double()) * scale).to(conv.weight.dtype))
-    return fused
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Deep-copied eval model with every Conv2d directly followed by a BatchNorm2d folded into it.
-
-    Covers the zoo's ``ConvBNAct`` (children ``conv``, ``bn``) and any ``nn.Sequential`` holding a
-    Conv2d then a BatchNorm2d (torchvision's blocks). The conv gets a bias; the BN becomes
-    ``nn.Identity``. Outputs match the eval-mode original to float32 rounding (tests: 1e-5 relative).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}")
-    folded = copy.deepcopy(model).eval()
-    for parent in folded.modules():
-        names = list(parent._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = parent._modules[first], parent._modules[second]
-            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.num_features == conv.out_channels:
-                parent._modules[first] = _fold_pair(conv, bn)
-                parent._modules[second] = nn.Identity()
-    return folded
-
-
-class DeployClassifier(nn.Module):
-    """``features`` -> global average pool (keepdim) -> 1x1 conv (the Linear's weights) -> flatten."""
-
-    def __init__(self, features: nn.Module, linear: nn.Linear) -> None:
-        super().__init__()
-        self.features = features
-        self.fc = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
-        with torch.no_grad():
-            self.fc.weight.copy_(linear.weight.detach()[:, :, None, None])
-            if linear.bias is not None:
-                self.fc.bias.copy_(linear.bias.detach())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.fc(x).flatten(1)
-
-
-def _classifier_linear(model: nn.Module) -> nn.Linear | None:
-    head = getattr(model, "classifier", None)
-    if isinstance(head, nn.Linear):
-        return head
-    if isinstance(head, nn.Sequential) and len(head) and isinstance(head[-1], nn.Linear) \
-            and all(isinstance(m, (nn.Dropout, nn.Identity)) for m in list(head)[:-1]):
-        return head[-1]
-    return None
-
-
-def deploy_form(model: nn.Module) -> nn.Module:
-    """The module that is exported: BN folded, eval mode, zoo heads as pool -> 1x1 conv -> flatten.
-
-    Other modules (e.g. torchvision's) are exported as :func:`fold_batchnorm` returns them.
-    """
-    folded = fold_batchnorm(model)
-    linear = _classifier_linear(folded)
-    standard = (isinstance(folded, ClassifierNet) and type(folded).forward is ClassifierNet.forward
-                and type(folded).forward_head is ClassifierNet.forward_head
-                and type(folded).forward_features is ClassifierNet.forward_features)
-    if standard and linear is not None:
-        return DeployClassifier(folded.features, linear).eval()
-    return folded
-
-
-def avgpool_to_depthwise(net: nn.Module, example: torch.Tensor) -> int:
-    """Replace padded ``AvgPool2d(count_include_pad=True)`` by the equal fixed depthwise conv, in place.
-
-    XNNPACK refuses average pooling that counts zero padding (executorch's AvgPoolingConfig), so
-    ShuffleNet's 3x3/s2 shortcut pool would fall back to ExecuTorch's slow portable kernel. A 3x3
-    depthwise conv with weights 1/9 and zero padding is the same arithmetic and is delegated; its
-    per-channel int8 weights (all equal) quantize exactly. Returns the number of pools replaced.
-    """
-    channels: dict[str, int] = {}
-    pools = {name: m for name, m in net.named_modules() if isinstance(m, nn.AvgPool2d)
-             and m.count_include_pad and not m.ceil_mode and m.divisor_override is None
-             and any(p != 0 for p in nn.modules.utils._pair(m.padding))}
-    if not pools:
-        return 0
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: channels.__setitem__(name, inp[0].shape[1]))
-             for name, m in pools.items()]
-    try:
-        with torch.no_grad():
-            net(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, pool in pools.items():
-        if name not in channels:
-            continue
-        c = int(channels[name])
-        k, st, pad = (nn.modules.utils._pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding))
-        conv = nn.Conv2d(c, c, k, st, pad, groups=c, bias=False)
-        with torch.no_grad():
-            conv.weight.fill_(1.0 / (k[0] * k[1]))
-        parent_name, _, child = name.rpartition(".")
-        parent = net.get_submodule(parent_name) if parent_name else net
-        setattr(parent, child, conv)
-    return len(channels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,6 +248,8 @@ def export_model(
     threads: int = 1,
     max_batch: int | None = None,
     opset: int | None = None,
+    check_accuracy: bool = True,
+    sidecar: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export ``model`` as ``fmt`` to ``out_path`` and verify the written file (module docstring).
 
@@ -392,22 +260,15 @@ def export_model(
     :class:`Int8AccuracyError` when int8 top-1 is more than ``max_drop`` points below fp32.
     ``max_batch`` (ExecuTorch only): export a dynamic batch 1..max_batch instead of a static one
     (memory is planned for max_batch). ``threads``: runtime threads used for verification.
+    ``check_accuracy=False`` (latency benchmarks only) skips the int8 labelled check.
+    ``sidecar``: written as ``<out_path>.mobilecnn.json`` with the report added, committed together
+    with the model file (the previous pair stays until both new files are complete).
     """
-    return _export(model, fmt, out_path, example=example, verify_images=verify_images, int8=int8,
-                   calibration=calibration, check_images=check_images, check_labels=check_labels, max_drop=max_drop,
-                   rtol=rtol, threads=threads, max_batch=max_batch, opset=opset, accuracy_check=True)
-
-
-def _export(model: nn.Module, fmt: str, out_path: str | Path, *, example: torch.Tensor, verify_images: torch.Tensor,
-            int8: bool, calibration: torch.Tensor | None, check_images: torch.Tensor | None,
-            check_labels: torch.Tensor | None, max_drop: float, rtol: float, threads: int, max_batch: int | None,
-            opset: int | None, accuracy_check: bool) -> ExportReport:
-    """:func:`export_model`; ``accuracy_check=False`` (benchmarks only) skips the int8 labelled check."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    accuracy_check = check_accuracy
+    suffixes = format_named(fmt).suffixes
     out_path = Path(out_path)
-    if out_path.suffix.lower() not in FORMATS[fmt]:
-        raise ValueError(f"{out_path}: a {fmt} file must end in {' or '.join(FORMATS[fmt])}")
+    if out_path.suffix.lower() not in suffixes:
+        raise UsageError(f"{out_path}: a {fmt} file must end in {' or '.join(suffixes)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_model expects an nn.Module, got {type(model).__name__}")
     if not isinstance(example, torch.Tensor) or example.dim() != 4 or not example.is_floating_point():
@@ -426,7 +287,7 @@ def _export(model: nn.Module, fmt: str, out_path: str | Path, *, example: torch.
     calib = None
     if int8:
         if fmt not in INT8_FORMATS:
-            raise ValueError(f"int8 export is available for {', '.join(INT8_FORMATS)}, not {fmt!r}")
+            raise UsageError(f"int8 export is available for {', '.join(INT8_FORMATS)}, not {fmt!r}")
         calib = check_calibration(calibration, example)
         if accuracy_check and (check_images is None or check_labels is None):
             raise ValueError("int8 export needs a labelled check set (check_images=, check_labels=) to refuse an int8 "
@@ -511,12 +372,16 @@ def _export(model: nn.Module, fmt: str, out_path: str | Path, *, example: torch.
                 risky = openvino_int8_risky_convs(net) if fmt == "openvino" else []
                 if risky:
                     hint = (f"; OpenVINO int8 is known to miscompute grouped 1x1 convs with 20 or 30 channels per group "
-                            f"(MEASURED.md), this model has {len(risky)} (e.g. {risky[0]}): use onnx or executorch")
+                            f"(docs/deployment.md), this model has {len(risky)} (e.g. {risky[0]}): use onnx or executorch")
                 raise Int8AccuracyError(
                     f"{out_path.name}: {fmt} int8 refused: {int8_report} exceeds max_drop {max_drop:g} pt; "
                     f"the file was deleted{hint}", int8_report)
             notes.append(f"int8 check: {int8_report}")
         del runtime
+        if sidecar is not None:
+            report.path = out_path
+            text = json.dumps({**sidecar, "report": report.to_dict()}, indent=2, default=str) + "\n"
+            (stage / (out_path.name + SIDECAR_SUFFIX)).write_text(text)
         _commit(stage, out_dir, out_path.name)
         report.path = out_path
         return report
@@ -533,3 +398,67 @@ def _report(path: Path, fmt: str, int8: bool, max_abs: float, rel: float, agreem
     return ExportReport(path=path, format=fmt, int8=int8, max_abs_diff=max_abs, rel_diff=rel, top1_agreement=agreement,
                         file_bytes=file_bytes, notes=notes, dynamic_batch=dynamic, static_batch=static_batch,
                         scheme=scheme)
+
+
+
+def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
+                  with_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``count`` preprocessed real images (and labels) of a dataset split ("train" or "val")."""
+    train_loader, val_loader, _ = load_data(data, data_dir=data_dir, resolution=resolution, batch_size=64,
+                                            eval_batch_size=256, seed=seed, val_subset=count if split == "val" else None,
+                                            workers=0)
+    loader = val_loader if split == "val" else train_loader
+    xs, ys, n = [], [], 0
+    for x, y in loader.batches(0):
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        if n >= count:
+            break
+    return torch.cat(xs)[:count], torch.cat(ys)[:count]
+
+
+def export_run(
+    run: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    int8: bool = False,
+    calibration_data: str | None = None,
+    data_dir: str | None = None,
+    calibration_count: int = 512,
+    check_count: int = 2000,
+    max_drop: float = 0.5,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Export a trained run; returns the export report plus the sidecar path. Raises on failure (nothing left)."""
+    fmt_info = format_named(fmt)
+    if int8 and (isinstance(calibration_count, bool) or not isinstance(calibration_count, int)
+                 or not 32 <= calibration_count <= MAX_CALIBRATION):  # calibration keeps every activation: OOM
+        raise UsageError(f"--calibration-count {calibration_count!r} is not accepted: it must be an integer in "
+                         f"[32, {MAX_CALIBRATION}] (256-512 recommended)")
+    loaded = load_trained(run)
+    info = loaded.data
+    dataset = dataset_argument(info.get("name") or "fashion-mnist")
+    preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
+    resolution = preprocessing.resolution
+    if out is None:
+        base = loaded.run_dir if loaded.run_dir is not None else Path(run).parent
+        out = Path(base) / "export" / f"{loaded.model_name}{'_int8' if int8 else ''}{fmt_info.suffix}"
+    out = Path(out)
+    verify, verify_labels = sample_images(dataset, data_dir=data_dir, resolution=resolution, split="val",
+                                          count=check_count if int8 else 256)
+    calibration = None
+    if int8:
+        calibration, _ = sample_images(calibration_data or dataset, data_dir=data_dir, resolution=resolution,
+                                       split="train", count=calibration_count)
+    sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
+               "format": fmt, "int8": int8, "data": info, "preprocessing": preprocessing.to_dict()}
+    report = export_model(
+        loaded.model, fmt, out, example=verify[:1], verify_images=verify[:256], int8=int8, calibration=calibration,
+        check_images=verify if int8 else None, check_labels=verify_labels if int8 else None, max_drop=max_drop,
+        threads=threads, sidecar=sidecar,
+    )
+    result = report.to_dict()
+    result["sidecar"] = str(Path(str(report.path) + SIDECAR_SUFFIX))
+    return result

@@ -1,4 +1,4 @@
-"""Complexity accounting in the papers' convention (SPEC.md).
+"""Complexity accounting in the papers' convention (docs/counting.md).
 
 * MACs: multiply-adds of Conv2d and Linear only (ShuffleNet's "FLOPs", MobileNet's "MAdds"); a
   grouped k x k conv costs Ho*Wo*Cout*(Cin/g)*k*k, a Linear in*out. BN, activations, pooling, adds and
@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .layers import DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit
+from ..layers import DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit
+from ..models import create_model
 
 __all__ = ["LayerStats", "ModelProfile", "profile", "count_macs", "peak_activation_bytes", "conv_kind"]
 
@@ -204,8 +205,6 @@ def peak_activation_bytes(model: nn.Module, resolution: int = 224) -> int:
 def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = False, **model_kwargs: Any) -> ModelProfile:
     """Complexity of ``model`` (a module or a registered name) for one ``resolution`` x ``resolution`` image."""
     if isinstance(model, str):
-        from .registry import create_model
-
         model = create_model(model, small_input=small_input, **model_kwargs)
     elif not isinstance(model, nn.Module):
         raise TypeError(f"profile expects an nn.Module or a registered model name, got {type(model).__name__}")

@@ -1,6 +1,6 @@
 """Int8 post-training static quantization, calibrated on real (preprocessed) training images.
 
-One scheme per target, each the target's fast int8 path (``../shared/MEASURED.md``):
+One scheme per target, each the target's fast int8 path (docs/deployment.md):
 
 * **onnxruntime** -- ``quantize_static``, QDQ format, u8 activations / s8 per-channel weights
   (s8 activations are 1.7x slower; ``quantize_dynamic`` is 10-25x slower than fp32 on CNNs), with
@@ -11,29 +11,10 @@ One scheme per target, each the target's fast int8 path (``../shared/MEASURED.md
   prepare/convert functions from ``torchao.quantization.pt2e``, torch.ao's copy is gone in 2.14),
   8-bit per-channel symmetric weights, static per-tensor activations, histogram observer.
 
-Accuracy, measured here (Fashion-MNIST at 32 px, first 1000 test images, 256 calibration images, 1
-thread; small-input models trained 20-30 s with SGD; the same check ``export_model`` runs):
+Accuracy and latency of each scheme, as measured, are in docs/deployment.md.
 
-    model (fp32 top-1)             scheme                          int8 top-1 (agreement)
-    mobilenet_v1_x0_25 (84.5)      onnxruntime, MinMax             84.2 (98.3%)
-    mobilenet_v1_x0_25 (84.5)      onnxruntime, percentile [used]  84.4 (98.9%)
-    mobilenet_v1_x0_25 (84.5)      OpenVINO NNCF performance       84.3-84.4 (98.9-99.0%); mixed 99.1%
-    mobilenet_v1_x0_25 (84.5)      ExecuTorch XNNPACK per-channel  84.5 (99.1%)
-    shufflenet_v1_g3_x0_25 (82.3)  onnxruntime, MinMax             82.7 (97.2%)
-    shufflenet_v1_g3_x0_25 (82.3)  onnxruntime, percentile [used]  82.6-82.8 (97.6%)
-    shufflenet_v1_g3_x0_25 (82.3)  OpenVINO NNCF performance       74.1 (83.9%)  WRONG, refused (below)
-    shufflenet_v1_g3_x0_25 (82.3)  ExecuTorch XNNPACK per-channel  82.7 (96.8%)
-
-Percentile calibration was never worse than MinMax (entropy gave MinMax's numbers), so it is used;
-onnxruntime's ``quant_pre_process`` changed neither accuracy nor latency on our (already folded)
-graphs. Latency, batch 1, 1 thread, 224 px (``benchmarks/deploy_speed.py --quick``, AMD EPYC 2-vCPU
-VM, load 0.9-3.1: provisional), median ms fp32 -> int8: MobileNetV2 1.0 onnxruntime 3.75 -> 1.64,
-OpenVINO 3.68 -> 1.37, ExecuTorch 3.57 -> 1.90; ShuffleNet 1x g=3 onnxruntime 2.80 -> 2.16 (grouped
-1x1 convs gain little in onnxruntime int8), ExecuTorch 2.24 -> 1.16, OpenVINO int8 1.36 but wrong.
-So: OpenVINO int8 is fastest for MobileNets, ExecuTorch int8 for ShuffleNet g=3.
-
-**OpenVINO trap** (MEASURED.md): OpenVINO 2026.4 int8 miscomputes grouped 1x1 convolutions with 20
-or 30 output channels per group -- ShuffleNet v1 g=3 widths hit it (the 8-point drop above; the same
+**OpenVINO trap** (docs/deployment.md): OpenVINO 2026.4 int8 miscomputes grouped 1x1 convolutions with 20
+or 30 output channels per group -- ShuffleNet v1 g=3 widths hit it (an 8-point drop; the same
 ONNX file is right in onnxruntime). Nothing here works around it: the accuracy check of
 :func:`mobilecnn.export.export_model` refuses such a file (:class:`Int8AccuracyError`) and
 :func:`openvino_int8_risky_convs` names the layers in the message.
@@ -54,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import Int8AccuracyError
+from .formats import FORMATS
 from .runtime import require_backend
 
 __all__ = [
@@ -69,21 +52,9 @@ __all__ = [
     "check_calibration",
 ]
 
-#: Scheme used per export format (documented with measurements in the module docstring).
-INT8_SCHEMES: dict[str, str] = {
-    "onnx": "onnxruntime quantize_static QDQ: u8 activations (percentile calibration), s8 per-channel weights",
-    "openvino": "NNCF quantize, PERFORMANCE preset (symmetric s8 per-channel weights, u8/s8 activations as NNCF picks)",
-    "executorch": "PT2E XNNPACKQuantizer: s8 per-channel symmetric weights, static s8 per-tensor activations",
-}
+#: Scheme used per export format (the format table holds it).
+INT8_SCHEMES: dict[str, str] = {f.name: f.int8_scheme for f in FORMATS.values() if f.int8_scheme}
 INT8_FORMATS = tuple(INT8_SCHEMES)
-
-
-class Int8AccuracyError(ValueError):
-    """The int8 model lost more accuracy than allowed; carries the :class:`Int8Report`."""
-
-    def __init__(self, message: str, report: "Int8Report") -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .utils import atomic_write_text
+from ..errors import CheckpointError
+from .files import atomic_write, atomic_write_text
 
 __all__ = [
     "CheckpointError",
@@ -38,10 +39,6 @@ __all__ = [
 ]
 
 LATEST = "LATEST"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or belongs to another model / class count."""
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
@@ -62,8 +59,6 @@ def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Write ``state`` to ``path`` as safetensors, atomically."""
-    from .utils import atomic_write
-
     tensors = _plain_state(state)
     try:
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -73,8 +68,6 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dic
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The metadata stored in a safetensors file's header (no tensor is read)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers import InvertedResidual, ShuffleNetUnit
+from ..layers.shuffle import is_tracing
+
 
 # Upper bounds that keep a typo (num_classes=10**9) from allocating terabytes: ImageNet-21k has 21,841
 # classes; hyperspectral images have a few hundred bands.
@@ -23,13 +26,6 @@ def check_width(owner: str, arg: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
         raise ValueError(f"{owner}: {arg} must be a number > 0, got {value!r}")
     return float(value)
-
-
-def _exporting() -> bool:
-    return bool(
-        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 class ClassifierNet(nn.Module):
@@ -83,7 +79,7 @@ class ClassifierNet(nn.Module):
         return self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _exporting():
+        if not is_tracing():
             self.check_input(x)
         return self.forward_head(self.forward_features(x))
 
@@ -106,8 +102,6 @@ def init_weights(model: nn.Module, zero_init_residual: bool = True) -> None:
     block starts as the identity (Goyal et al. 2017; torchvision's ``zero_init_residual``). It keeps
     the first steps of high-learning-rate training stable; the architecture is unchanged.
     """
-    from ..layers import InvertedResidual, ShuffleNetUnit
-
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,155 @@
+"""What every loader shares: the dataset description, the batch protocol and the epoch planner.
+
+Every batch is a pure function of ``(seed, epoch, batch index, rank, world_size)``, so resuming with
+``batches(epoch, start_step=k)`` yields exactly the batches ``k, k+1, ...`` of an uninterrupted epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+import torch
+
+from ..errors import DataError
+
+__all__ = ["DataInfo", "Batches", "FOLDER_PREFIX", "seed_of", "generator", "check_batch_args", "check_start_step",
+           "train_plan", "eval_shard", "dataset_argument", "plan_epoch_size", "subset_indices", "check_global_batch"]
+
+#: ``DataInfo.name`` of an image-folder dataset is this prefix + the folder's absolute path.
+FOLDER_PREFIX = "folder:"
+
+
+@dataclass
+class DataInfo:
+    """What the model and the run directory need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resolution: int
+    train_size: int
+    val_size: int
+
+    @property
+    def source(self) -> str:
+        """What to pass as ``load_data(data=...)`` to load this dataset again."""
+        return dataset_argument(self.name)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (tuples become lists)."""
+        d = asdict(self)
+        d["mean"] = [float(m) for m in self.mean]
+        d["std"] = [float(s) for s in self.std]
+        d["class_names"] = list(self.class_names)
+        return d
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """A deterministic, resumable source of ``(images, labels)`` batches for one process."""
+
+    batch_size: int
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        ...
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield float32 ``N,C,R,R`` normalised images and int64 labels from batch ``start_step`` on."""
+        ...
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """A deterministic, resumable source of ``(images, labels)`` batches for one process."""
+
+    batch_size: int
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        ...
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield float32 ``N,C,R,R`` normalised images and int64 labels from batch ``start_step`` on."""
+        ...
+
+
+def dataset_argument(name: str) -> str:
+    """A ``DataInfo.name`` (``"fashion-mnist"``, ``"folder:/abs/path"``) as a ``load_data`` argument."""
+    name = str(name)
+    return name[len(FOLDER_PREFIX):] if name.startswith(FOLDER_PREFIX) else name
+
+
+def seed_of(*parts: Any) -> int:
+    """A 63-bit seed that depends on every part (stable across processes, unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def generator(*parts: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_of(*parts))
+
+
+def check_batch_args(batch_size: int, rank: int, world_size: int) -> None:
+    if int(batch_size) < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}; pass --batch-size >= 1")
+    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+        raise DataError(f"rank {rank} is not in [0, world_size={world_size}); check the launcher's "
+                        "RANK / WORLD_SIZE")
+
+
+def check_start_step(start_step: int, n: int) -> None:
+    if not 0 <= start_step <= n:
+        raise ValueError(f"start_step {start_step} is outside [0, {n}] (batches per epoch)")
+
+
+def train_plan(num: int, batch_size: int, seed: int, epoch: int, rank: int,
+                world_size: int) -> list[torch.Tensor]:
+    """Index batches of this rank for one training epoch: a (seed, epoch) permutation cut into full
+    batches, batch ``j`` going to rank ``j % world_size`` (every rank gets the same count)."""
+    perm = torch.randperm(num, generator=generator("perm", seed, epoch))
+    per_rank = (num // batch_size) // world_size
+    return [perm[(k * world_size + rank) * batch_size:(k * world_size + rank + 1) * batch_size]
+            for k in range(per_rank)]
+
+
+def eval_shard(num: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous, disjoint ``[start, stop)`` of the eval set for this rank (sizes differ by <= 1)."""
+    base, extra = divmod(num, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def plan_epoch_size(loader: Any, n: int) -> None:
+    """Batches per epoch and samples per rank of a loader over ``n`` samples (training: full batches
+    dealt round-robin to ranks; eval: a contiguous shard per rank, last batch kept)."""
+    if loader.train:
+        loader._len = (n // loader.batch_size) // loader.world_size
+        loader.num_samples = loader._len * loader.batch_size
+    else:
+        loader._start, loader._stop = eval_shard(n, loader.rank, loader.world_size)
+        loader.num_samples = loader._stop - loader._start
+        loader._len = -(-loader.num_samples // loader.batch_size)
+
+
+def subset_indices(n: int, k: int | None, seed: int, what: str) -> torch.Tensor | None:
+    if k is None or k >= n:
+        return None
+    if k < 1:
+        raise DataError(f"{what} must be at least 1, got {k}")
+    return torch.randperm(n, generator=generator(what, seed))[:k].sort().values
+
+
+def check_global_batch(batch_size: int, world_size: int, train_size: int) -> None:
+    total = batch_size * world_size
+    if total > train_size:
+        procs = f" ({batch_size} x {world_size} processes)" if world_size > 1 else ""
+        raise DataError(f"batch size {total}{procs} is larger than the {train_size} training images; "
+                        f"use --batch-size <= {train_size // world_size}")
+
+

@@ -1,0 +1,173 @@
+"""Classify image files with a trained run, a weight file, or an exported file (ONNX, OpenVINO, ExecuTorch...).
+
+Every image goes through :class:`mobilecnn.data.images.Preprocessing`, the transform the model was
+evaluated with (stored in the run's config, the weights' metadata or the export sidecar), so a
+prediction sees the same pixels as ``mobilecnn eval``. Images are decoded and classified in batches
+(memory does not grow with the number of files). A file that cannot be decoded gets an error naming
+it; the other files are still classified.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..data.images import Preprocessing, is_image_name, load_image
+from ..errors import CheckpointError, DataError, NonFiniteError
+from ..runs.rundir import load_trained
+from .formats import SIDECAR_SUFFIX
+from .runtime import check_threads, load_runtime
+
+__all__ = ["Prediction", "Predictor", "load_predictor", "expand_inputs", "predict_files", "iter_predictions",
+           "preprocess_image", "read_sidecar"]
+
+MAX_LABELS = 100_000
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)  # (label, probability), best first
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "top": [{"label": l, "probability": p} for l, p in self.top], "error": self.error}
+
+
+@dataclass
+class Predictor:
+    """A logits function plus how to prepare images for it."""
+
+    logits: Callable[[np.ndarray], np.ndarray]
+    class_names: list[str]
+    preprocessing: Preprocessing
+    source: str
+
+
+def _labels(names: Any, num_classes: int | None, where: str) -> list[str]:
+    if names is None or names == []:
+        return [str(i) for i in range(num_classes or 0)]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > MAX_LABELS:
+        raise CheckpointError(f"{where}: class_names must be a list of at most {MAX_LABELS} strings")
+    if num_classes is not None and len(names) != num_classes:
+        raise CheckpointError(f"{where}: {len(names)} class names for a model with {num_classes} outputs")
+    return list(names)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The ``<file>.mobilecnn.json`` beside an exported file, checked; errors name the sidecar."""
+    sidecar = Path(str(path) + SIDECAR_SUFFIX)
+    if not sidecar.is_file():
+        raise CheckpointError(f"{path} has no {sidecar.name} beside it (written by `mobilecnn export`): without it the "
+                              "class names and preprocessing are unknown")
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{sidecar} is unreadable ({exc}); export the model again") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{sidecar} holds a JSON {type(info).__name__}, not the object `mobilecnn export` writes")
+    return info
+
+
+def load_predictor(model: str | Path, threads: int = 1) -> Predictor:
+    """From a run directory / checkpoint / ``.safetensors`` (PyTorch) or an exported file (its runtime)."""
+    path = Path(model)
+    if not path.exists():
+        raise CheckpointError(f"--model {path} does not exist: pass a run directory, a .safetensors file or an exported file")
+    if path.is_dir() or path.suffix == ".safetensors":
+        torch.set_num_threads(check_threads(threads))
+        loaded = load_trained(path)
+        net = loaded.model.eval()
+
+        def logits(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return net(torch.from_numpy(x)).numpy()
+
+        pre = Preprocessing.for_dataset(loaded.data, f"{loaded.weights_file} metadata")
+        if pre.in_chans != loaded.model.in_chans:
+            raise CheckpointError(f"{loaded.weights_file}: preprocessing makes {pre.in_chans}-channel images for a model "
+                                  f"with in_chans={loaded.model.in_chans}")
+        names = _labels(loaded.data.get("class_names"), loaded.model.num_classes, f"{loaded.weights_file} metadata")
+        return Predictor(logits, names, pre, source=f"{loaded.model_name} ({loaded.weights} weights, PyTorch)")
+    info = read_sidecar(path)
+    where = str(path) + SIDECAR_SUFFIX
+    data = info.get("data", {})
+    pre = (Preprocessing.from_dict(info["preprocessing"], where) if "preprocessing" in info
+           else Preprocessing.for_dataset(data, where))
+    names = _labels(data.get("class_names") if isinstance(data, dict) else None, None, where)
+    runtime = load_runtime(path, threads=threads)
+    return Predictor(runtime, names, pre,
+                     source=f"{info.get('model')} ({path.suffix[1:]} file{', int8' if info.get('int8') else ''})")
+
+
+def preprocess_image(path: str | Path, predictor: Predictor) -> np.ndarray:
+    """One image file -> float32 array (C, H, W), prepared as in evaluation. Raises ``DataError``."""
+    try:
+        image = load_image(path, predictor.preprocessing.in_chans)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return predictor.preprocessing(image).numpy()
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a directory stands for every image file in it (recursively, sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name)))
+        else:
+            out.append(p)
+    return out
+
+
+def _classify(chunk: list[tuple[Prediction, np.ndarray]], predictor: Predictor, topk: int) -> None:
+    logits = np.asarray(predictor.logits(np.stack([a for _, a in chunk])), dtype=np.float64)
+    if not np.isfinite(logits).all():
+        raise NonFiniteError(f"{predictor.source} produced NaN/inf outputs: its weights or preprocessing are broken; "
+                             "no prediction is reported")
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(topk, probs.shape[1])
+    names = predictor.class_names
+    for (result, _), p in zip(chunk, probs):
+        order = np.argsort(-p)[:k]
+        result.top = [(names[i] if i < len(names) else str(i), float(p[i])) for i in order]
+
+
+def iter_predictions(inputs: Sequence[str | Path], predictor: Predictor, topk: int = 5,
+                     batch_size: int = 32) -> Iterator[Prediction]:
+    """Predictions in input order, decoded and classified ``batch_size`` images at a time."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise DataError(f"--topk must be an integer >= 1, got {topk!r}")
+    pending: list[Prediction] = []
+    ready: list[tuple[Prediction, np.ndarray]] = []
+    for path in expand_inputs(inputs):
+        result = Prediction(str(path))
+        pending.append(result)
+        if not path.is_file():
+            result.error = f"{path}: no such file"
+        else:
+            try:
+                ready.append((result, preprocess_image(path, predictor)))
+            except DataError as exc:
+                result.error = str(exc)
+        if len(ready) >= batch_size:
+            _classify(ready, predictor, topk)
+            yield from pending
+            pending, ready = [], []
+    if ready:
+        _classify(ready, predictor, topk)
+    yield from pending
+
+
+def predict_files(inputs: Sequence[str | Path], predictor: Predictor, topk: int = 5, batch_size: int = 32) -> list[Prediction]:
+    """Top-k labels with probabilities for every image; unreadable files get ``error`` set instead."""
+    return list(iter_predictions(inputs, predictor, topk, batch_size))

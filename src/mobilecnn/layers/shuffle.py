@@ -1,0 +1,71 @@
+"""Channel shuffle: ShuffleNet (Zhang et al., arXiv 1707.01083) section 3.1.
+
+With C = g * n channels the channel axis is viewed as (g, n), transposed to (n, g) and flattened, so
+each group of the next grouped convolution receives channels from every group of the previous one
+(docs/shufflenet_channels.md states the permutation and its inverse).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["channel_shuffle", "ChannelShuffle", "is_tracing"]
+
+_NATIVE_CL_MAX_NUMEL = 1 << 21
+
+
+def is_tracing() -> bool:
+    """Whether the code runs under TorchScript, torch.compile, torch.export or the ONNX exporter."""
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Shuffle the channels of an NCHW tensor across ``groups`` (ShuffleNet section 3.1).
+
+    With C = g * n channels, the channel axis is viewed as (g, n), transposed to (n, g) and flattened:
+    output channel ``k = i * g + j`` takes input channel ``j * n + i``. Values are identical for
+    contiguous (NCHW) and channels_last inputs, and the output keeps the input's memory format.
+    When tracing or exporting only reshape/transpose are used, so the op exports to ONNX (Reshape +
+    Transpose) and every runtime runs it natively (the legacy ONNX exporter has no
+    ``aten::channel_shuffle``); in eager mode small channels_last tensors go to PyTorch's native
+    channel-shuffle kernel (same values, faster).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"channel_shuffle expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    batch, channels, height, width = x.shape
+    if not is_tracing() and (groups < 1 or channels % groups != 0):
+        raise ValueError(f"channel_shuffle: groups={groups} must be >= 1 and divide the {channels} channels")
+    if groups == 1:
+        return x
+    per_group = channels // groups
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if channels_last and x.numel() <= _NATIVE_CL_MAX_NUMEL and not is_tracing():
+        # PyTorch's channels-last kernel is faster than the copy below up to ~2M elements and slower
+        # above (benchmarks/results/shuffle_cost.json).
+        return torch.channel_shuffle(x, groups)
+    if channels_last:
+        # On the NHWC view of a channels_last tensor: the copy made by the
+        # final reshape is NHWC-contiguous, so the result stays channels_last.
+        nhwc = x.permute(0, 2, 3, 1)
+        nhwc = nhwc.reshape(batch, height, width, groups, per_group).transpose(3, 4)
+        return nhwc.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+    x = x.reshape(batch, groups, per_group, height, width).transpose(1, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+class ChannelShuffle(nn.Module):
+    """Module form of :func:`channel_shuffle`."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"ChannelShuffle: groups must be a positive integer, got {groups!r}")
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

@@ -1,0 +1,341 @@
+"""The training loop: :func:`train_one_epoch`, :func:`evaluate` and :func:`fit` (alias :func:`train`).
+
+``fit(TrainConfig(...), callback=...)`` runs (or resumes) a whole training; the CLI draws its progress
+bar from ``callback``. Under ``torchrun --nproc-per-node N`` the same call uses DistributedDataParallel,
+each process takes ``batch_size / N`` of the global batch and rank 0 alone writes files.
+
+Reproducibility: data order and augmentation are functions of (seed, epoch, step) (:mod:`mobilecnn.data`),
+the learning rate a function of the step, and checkpoints hold weights, optimizer, EMA, RNG state and the
+running sums of the epoch's metrics, so ``resume=True`` from any checkpoint ends with the same weights and
+the same logged losses as an uninterrupted run (same seed, same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import Batches, DataInfo, load_data
+from ..errors import NonFiniteError, NonFiniteLossError, TrainError
+from ..models import create_model
+from ..plots import plot_training_curves
+from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
+from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
+from .config import TrainConfig, TrainSettings, resolve
+from .distributed import DistContext, default_threads, init_distributed
+from .optim import ModelEma, learning_rate, make_optimizer, param_groups, recalibrate_batchnorm
+
+__all__ = ["fit", "train", "train_one_epoch", "evaluate", "evaluate_model", "EpochStats"]
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp: bool = False,
+             num_classes: int | None = None, keep_logits: bool = False) -> dict[str, Any]:
+    """Top-1, top-5, loss and the confusion matrix of ``model`` over every batch of ``loader`` (epoch 0).
+
+    Under torch.distributed, counts are summed over ranks (each rank holds a shard). ``keep_logits``
+    adds the per-image ``logits`` and ``labels`` (single process). Non-finite logits raise
+    :class:`NonFiniteError`: an accuracy computed from NaN is not a result.
+    """
+    model.eval()
+    n_cls = num_classes or getattr(model, "num_classes", None)
+    confusion = torch.zeros(n_cls, n_cls, dtype=torch.long)
+    correct5 = torch.zeros((), dtype=torch.long)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    all_logits, all_labels = [], []
+    for x, y in loader.batches(0):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        logits = logits.float()
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(f"the model produced NaN/inf outputs on {int((~torch.isfinite(logits)).any(1).sum())} "
+                                 f"of {len(y)} images: its weights or normalisation are broken; no accuracy is reported")
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        pred = logits.argmax(1)
+        confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+        k = min(5, logits.shape[1])
+        correct5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum()
+        if keep_logits:
+            all_logits.append(logits)
+            all_labels.append(y)
+    if dist.is_available() and dist.is_initialized():
+        for t in (confusion, correct5):
+            dist.all_reduce(t)
+        dist.all_reduce(loss_sum)
+    total = int(confusion.sum())
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
+    result = {
+        "samples": total,
+        "top1": 100.0 * float(confusion.diag().sum()) / max(1, total),
+        "top5": 100.0 * float(correct5) / max(1, total),
+        "loss": float(loss_sum) / max(1, total),
+        "per_class_accuracy": [100.0 * a for a in per_class],
+        "confusion": confusion.tolist(),
+    }
+    if keep_logits:
+        result["logits"] = torch.cat(all_logits) if all_logits else torch.zeros(0, n_cls)
+        result["labels"] = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+    return result
+
+
+evaluate_model = evaluate  # the name used before the train package existed
+
+
+@dataclass
+class EpochStats:
+    """Running sums of one epoch's training metrics; saved in checkpoints so a resumed epoch logs the
+    same numbers as an uninterrupted one."""
+
+    seen: float = 0.0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    train_time: float = 0.0
+
+    def record(self, epoch: float, step: int, world_size: int, lr: float) -> dict[str, Any]:
+        return {"epoch": epoch, "step": step, "train_loss": self.loss_sum / max(self.seen, 1),
+                "train_accuracy": 100 * self.correct / max(self.seen, 1),
+                "train_img_per_s": self.seen * world_size / max(self.train_time, 1e-9),
+                "train_time_s": self.train_time, "lr": lr}
+
+
+@dataclass
+class _Run:
+    """Everything one training holds (what train_one_epoch reads and advances)."""
+
+    cfg: TrainConfig
+    settings: TrainSettings
+    ddp: DistContext
+    run_dir: Path
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: ModelEma | None
+    criterion: nn.Module
+    train_loader: Batches
+    info: DataInfo
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    stop_at: int
+    weights_metadata: dict[str, str]
+    notify: Callback
+    step: int = 0
+
+    def check_finite_weights(self, epoch: int) -> None:
+        if not all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values() if t.is_floating_point()):
+            kept = latest_checkpoint(self.run_dir)
+            raise NonFiniteLossError(
+                f"weights became NaN/inf at step {self.step} (epoch {epoch}); stopped without saving them. The last good "
+                f"checkpoint is {kept if kept else 'none'}; lower --lr or disable --amp and resume with --resume")
+
+    def checkpoint(self, epoch: int, in_epoch: int, stats: EpochStats, serve: str | None = None) -> None:
+        self.check_finite_weights(epoch)
+        if self.ddp.main:
+            extra: dict[str, Any] = {"epoch_stats": dataclasses.asdict(stats)}
+            if serve:
+                extra["serve"] = serve
+            save_training_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, epoch=epoch,
+                                     step=self.step, step_in_epoch=in_epoch, ema=self.ema, extra=extra,
+                                     metadata=self.weights_metadata)
+        if self.ddp.world_size > 1:
+            dist.barrier()
+
+
+def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStats) -> tuple[int, bool]:
+    """Train from step ``start_in_epoch`` of ``epoch``; returns (steps done in the epoch, run finished)."""
+    cfg, s = run.cfg, run.settings
+    run.net.train()
+    t0 = time.perf_counter()
+    time_before = stats.train_time
+    in_epoch = start_in_epoch
+    for x, y in run.train_loader.batches(epoch, in_epoch):
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(run.step, run.total_steps, s.lr, s.schedule, run.warmup_steps, run.steps_per_epoch)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
+            logits = run.net(x)
+        loss = run.criterion(logits.float(), y)
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if run.ddp.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not bool(finite):
+            kept = latest_checkpoint(run.run_dir)
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {run.step} (epoch {epoch}); stopped. The last good checkpoint "
+                f"is {kept if kept else 'none (no checkpoint was written yet)'}; lower --lr or disable --amp "
+                "and resume with --resume")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.step += 1
+        in_epoch += 1
+        batch = y.shape[0]
+        stats.seen += batch
+        stats.loss_sum += float(loss.detach()) * batch
+        stats.correct += float((logits.detach().argmax(1) == y).sum())
+        stats.train_time = time_before + time.perf_counter() - t0
+        run.notify("step", {"step": run.step, "epoch": epoch, "loss": float(loss.detach()),
+                            "accuracy": 100 * stats.correct / stats.seen,
+                            "img_per_s": stats.seen * run.ddp.world_size / max(stats.train_time, 1e-9),
+                            "lr": run.optimizer.param_groups[0]["lr"]})
+        if run.step % cfg.checkpoint_every == 0 and in_epoch < run.steps_per_epoch:
+            run.checkpoint(epoch, in_epoch, stats)
+        if run.step >= run.stop_at:
+            return in_epoch, True
+    stats.train_time = time_before + time.perf_counter() - t0
+    return in_epoch, False
+
+
+def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback,
+           resume_from: Path | None) -> tuple[_Run, Batches, dict[str, Any]]:
+    s = settings
+    train_loader, val_loader, info = load_data(
+        cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution, batch_size=s.batch_size // ddp.world_size,
+        seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset, rank=ddp.rank, world_size=ddp.world_size,
+        workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding)
+    small_input = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, small_input=small_input,
+                         **cfg.model_kwargs)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_loader)
+    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    optimizer = make_optimizer(s.recipe.optimizer, param_groups(model, s.weight_decay), s.lr, s.recipe.momentum)
+    ema = ModelEma(model, s.ema) if s.ema else None
+    threads = torch.get_num_threads()
+    record_settings = {"recipe": s.recipe_name, "lr": s.lr, "weight_decay": s.weight_decay, "schedule": s.schedule,
+                       "label_smoothing": s.label_smoothing, "ema": s.ema, "bn_recalibration": s.bn_recalibration,
+                       "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                       "warmup_steps": int(s.warmup_epochs * steps_per_epoch), "world_size": ddp.world_size,
+                       "threads_per_process": threads, "small_input": small_input}
+    config_record = {
+        "format": "mobilecnn-run/1",
+        "model": cfg.model,
+        "model_kwargs": {"num_classes": info.num_classes, "in_chans": info.in_chans, "small_input": small_input,
+                         **cfg.model_kwargs},
+        "data": info.to_dict(),
+        "resolution": info.resolution,
+        "identity": json.loads(json.dumps(cfg.identity())),
+        "config": json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, out=s.out)))),
+        "settings": record_settings,
+    }
+    if ddp.main:
+        write_config(run_dir, config_record)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp.world_size > 1 else model
+    run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
+               criterion=nn.CrossEntropyLoss(label_smoothing=s.label_smoothing), train_loader=train_loader, info=info,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+               warmup_steps=int(s.warmup_epochs * steps_per_epoch),
+               stop_at=min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps,
+               # makes every weight file self-describing (predict/export from a lone .safetensors)
+               weights_metadata={"data": json.dumps(info.to_dict()), "model_kwargs": json.dumps(cfg.model_kwargs)},
+               notify=notify)
+    return run, val_loader, record_settings
+
+
+def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, stats: EpochStats, finished: bool,
+                  n_epochs: int) -> dict[str, Any]:
+    cfg = run.cfg
+    epoch_done = in_epoch >= run.steps_per_epoch
+    last_epoch = finished or epoch + 1 >= n_epochs
+    if last_epoch and run.settings.bn_recalibration:
+        recalibrate_batchnorm(run.model, run.train_loader.batches(epoch + 1000), cfg.bn_recalibration_batches,
+                              cfg.channels_last)
+    record = stats.record(epoch + (in_epoch / run.steps_per_epoch if not epoch_done else 1), run.step,
+                          run.ddp.world_size, run.optimizer.param_groups[0]["lr"])
+    serve = None
+    if last_epoch or (epoch + 1) % cfg.eval_every == 0:
+        ev = evaluate(run.ema.module if run.ema is not None else run.model, val_loader, cfg.channels_last, cfg.amp,
+                      run.info.num_classes)
+        record.update({"val_top1": ev["top1"], "val_top5": ev["top5"], "val_loss": ev["loss"],
+                       "weights": "ema" if run.ema is not None else "model"})
+        if run.ema is not None and last_epoch:
+            raw = evaluate(run.model, val_loader, cfg.channels_last, cfg.amp, run.info.num_classes)
+            if raw["top1"] > ev["top1"]:  # a short run: the average still lags behind the model
+                serve = "model"
+                record.update({"val_top1": raw["top1"], "val_top5": raw["top5"], "val_loss": raw["loss"],
+                               "weights": "model", "ema_val_top1": ev["top1"],
+                               "note": f"EMA weights scored {ev['top1']:.2f}% < raw weights {raw['top1']:.2f}%: "
+                                       "the raw weights are served"})
+    if run.ddp.main:  # metrics before the checkpoint: a crash in between repeats a line, never loses one
+        metrics_file = run.run_dir / "metrics.jsonl"
+        append_jsonl(metrics_file, record)
+        with contextlib.suppress(Exception):  # a plot must never fail a training
+            plot_training_curves(metrics_file, run.run_dir / "curves.png")
+    run.checkpoint(epoch, in_epoch, stats, serve=serve)
+    return record
+
+
+def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
+    """Run (or resume) a training; returns the final metrics. Raises ``TrainError`` for bad requests.
+
+    ``callback(event, info)`` receives ``"start"``, ``"step"`` (every step), ``"epoch"`` and ``"end"``
+    events on rank 0.
+    """
+    settings = resolve(cfg)
+    ddp = init_distributed()
+    if settings.batch_size % ddp.world_size:
+        raise TrainError(f"--batch-size {settings.batch_size} must be divisible by the {ddp.world_size} processes")
+    threads = cfg.threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size)))
+    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(cfg, batch_size=settings.batch_size)
+    run_dir = Path(settings.out)
+    notify: Callback = callback if (callback and ddp.main) else (lambda event, info: None)
+
+    with run_lock(run_dir) if ddp.main else contextlib.nullcontext():
+        resume_from = prepare_run_dir(cfg.identity(), run_dir, cfg.resume) if ddp.main else None
+        if ddp.world_size > 1:  # every rank resumes from what rank 0 found
+            box = [str(resume_from) if resume_from else ""]
+            dist.broadcast_object_list(box, src=0)
+            resume_from = Path(box[0]) if box[0] else None
+        run, val_loader, record_settings = _setup(cfg, settings, ddp, run_dir, notify, resume_from)
+
+        start_epoch, start_in_epoch, stats = 0, 0, EpochStats()
+        if resume_from is not None:
+            state = load_training_state(resume_from, model=run.model, optimizer=run.optimizer, ema=run.ema)
+            run.step, start_epoch, start_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+            if start_in_epoch >= run.steps_per_epoch:
+                start_epoch, start_in_epoch = start_epoch + 1, 0
+            elif isinstance(state.get("epoch_stats"), dict):
+                stats = EpochStats(**state["epoch_stats"])
+
+        n_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
+        notify("start", {"total_steps": run.stop_at, "step": run.step, "steps_per_epoch": run.steps_per_epoch,
+                         "settings": record_settings, "info": run.info,
+                         "resumed_from": str(resume_from) if resume_from else None})
+        last_metrics: dict[str, Any] = {}
+        epoch, finished = start_epoch, run.step >= run.stop_at
+        while not finished and epoch < n_epochs:
+            in_epoch, finished = train_one_epoch(run, epoch, start_in_epoch if epoch == start_epoch else 0, stats)
+            last_metrics = _finish_epoch(run, val_loader, epoch, in_epoch, stats, finished, n_epochs)
+            notify("epoch", last_metrics)
+            stats = EpochStats()
+            epoch += 1
+        metrics_file = run_dir / "metrics.jsonl"
+        if ddp.main and not last_metrics and metrics_file.is_file():
+            lines = metrics_file.read_text().strip().splitlines()
+            last_metrics = json.loads(lines[-1]) if lines else {}
+        notify("end", {"run_dir": str(run_dir), **last_metrics})
+        return {"run_dir": str(run_dir), **last_metrics}
+
+
+train = fit
