@@ -26,6 +26,7 @@ Library code: returns values and raises, never prints.
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 import os
 import platform
 import statistics
@@ -37,6 +38,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch._inductor.config as inductor_config
+import torchvision
 from torch import nn
 
 from .analysis.complexity import count_macs
@@ -46,6 +49,7 @@ from .deploy.formats import format_for_runtime
 from .deploy.quantize import openvino_int8_risky_convs
 from .deploy.runtime import check_threads, load_runtime
 from .models import create_model, get_model_entry
+from .plots import plot_bench
 from .runs.files import atomic_write, atomic_write_text
 from .runs.rundir import load_trained
 
@@ -117,8 +121,6 @@ def _stats_ms(samples: list[float], batch: int) -> dict[str, float]:
 
 
 def _reference_model(name: str) -> nn.Module:
-    import torchvision
-
     builder = getattr(torchvision.models, name.split(".", 1)[1])
     model = builder(weights=None)
     model.model_name = name
@@ -154,8 +156,6 @@ def _eager_fn(model: nn.Module, x: torch.Tensor, reference: bool) -> Callable[[]
 
 
 def _compiled_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    import torch._inductor.config as inductor_config
-
     net = fold_batchnorm(model).to(memory_format=torch.channels_last)
     inp = x.contiguous(memory_format=torch.channels_last)
     try:
@@ -366,44 +366,6 @@ def bench_markdown(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: Sequence[BenchRow], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    timed = [r for r in rows if r.median_ms is not None]
-    has_acc = any(r.accuracy is not None for r in timed)
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(13 if has_acc else 7.5, 5.5), squeeze=False)
-    ax = axes[0][0]
-    for backend in sorted({r.backend for r in timed}):
-        sel = [r for r in timed if r.backend == backend]
-        ax.scatter([r.macs / 1e6 for r in sel], [r.median_ms for r in sel], label=backend, s=28)
-        for r in sel:
-            ax.annotate(r.model.replace("torchvision.", "tv."), (r.macs / 1e6, r.median_ms), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
-    ax.set_xlabel("MACs per image (millions)")
-    ax.set_ylabel("median latency per batch (ms)")
-    ax.set_title("latency vs MACs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if has_acc:
-        ax2 = axes[0][1]
-        for backend in sorted({r.backend for r in timed if r.accuracy is not None}):
-            sel = [r for r in timed if r.backend == backend and r.accuracy is not None]
-            ax2.scatter([r.median_ms for r in sel], [r.accuracy for r in sel], label=backend, s=28)
-            for r in sel:
-                ax2.annotate(r.model, (r.median_ms, r.accuracy), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        ax2.set_xlabel("median latency (ms)")
-        ax2.set_ylabel("top-1 accuracy (%)")
-        ax2.set_title("accuracy vs latency")
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-
-
 def machine_info() -> dict[str, Any]:
     """Where the numbers come from: CPU, versions, load average now."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
@@ -415,8 +377,6 @@ def machine_info() -> dict[str, Any]:
         pass
     for mod in ("onnxruntime", "openvino", "executorch"):
         try:
-            from importlib.metadata import version
-
             info[mod] = version(mod)
         except Exception:
             info[mod] = None
@@ -438,7 +398,7 @@ def write_bench_outputs(rows: Sequence[BenchRow], out_dir: str | Path, *, stem: 
               "Times per batch; `x ref` = median / torchvision mobilenet_v2 eager (BN unfolded) median at the "
               "same threads and batch.\n\n")
     atomic_write_text(paths["md"], header + bench_markdown(rows))
-    _plot(rows, paths["png"])
+    plot_bench(rows, paths["png"])
     return paths
 
 

@@ -26,8 +26,13 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     prefer_ema: bool = True,
     workers: int = 2,
+    return_logits: bool = False,
 ) -> dict[str, Any]:
-    """Top-1, top-5, per-class accuracy and confusion matrix on the validation split; writes JSON + PNG."""
+    """Top-1, top-5, per-class accuracy and confusion matrix on the validation split; writes JSON + PNG.
+
+    ``return_logits`` adds the per-image ``logits`` and ``labels`` tensors (and ``files`` for image
+    folders) to the returned dict; they are not written to the JSON.
+    """
     loaded = load_trained(path, prefer_ema)
     dataset = data or dataset_argument(loaded.data.get("name") or "fashion-mnist")
     _, val_loader, info = load_data(dataset, data_dir=data_dir, resolution=loaded.data.get("resolution"),
@@ -40,7 +45,8 @@ def evaluate_run(
     if info.in_chans != loaded.model.in_chans:
         raise CheckpointError(f"{loaded.weights_file} expects {loaded.model.in_chans}-channel images but {info.name} "
                               f"has {info.in_chans}")
-    result = evaluate(loaded.model, val_loader, num_classes=info.num_classes)
+    result = evaluate(loaded.model, val_loader, num_classes=info.num_classes, keep_logits=return_logits)
+    per_image = {k: result.pop(k) for k in ("logits", "labels") if k in result}
     result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
                    "data": info.name, "class_names": info.class_names})
     out = Path(out_dir) if out_dir else (loaded.run_dir / "eval" if loaded.run_dir else Path("eval"))
@@ -48,4 +54,8 @@ def evaluate_run(
     plot_confusion(result["confusion"], info.class_names, out / "confusion.png",
                    title=f"{loaded.model_name} on {info.name}: top-1 {result['top1']:.2f}%")
     result["outputs"] = {"json": str(out / "eval.json"), "confusion_png": str(out / "confusion.png")}
+    if return_logits:
+        result.update(per_image)
+        if hasattr(val_loader, "samples"):
+            result["files"] = [path for path, _ in val_loader.samples]
     return result

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from adjustText import adjust_text  # noqa: E402
 
 from .runs.files import atomic_write  # noqa: E402
 
-__all__ = ["read_metrics", "plot_training_curves", "plot_confusion"]
+__all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points"]
 
 
 def read_metrics(metrics_file: str | Path) -> list[dict]:
@@ -58,8 +60,6 @@ def plot_training_curves(metrics_file: str | Path, out_png: str | Path) -> Path:
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], out_png: str | Path,
                    title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
-    import numpy as np
-
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
     n = len(class_names)
@@ -77,6 +77,49 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     return _save(fig, out_png)
 
 
+def label_points(ax: plt.Axes, points: Sequence[tuple[float, float, str]]) -> None:
+    """Label scatter points so that no two labels overlap (adjustText moves them, with a leader line)."""
+    texts = [ax.text(x, y, label, fontsize=7) for x, y, label in points]
+    if len(texts) > 1:
+        adjust_text(texts, ax=ax, arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5),
+                    expand=(1.2, 1.4), ensure_inside_axes=True)
+
+
+def plot_bench(rows: Sequence, path: str | Path) -> Path:
+    """Latency vs MACs (each model labelled once, at its fastest backend) and, for trained runs,
+    accuracy vs latency (``mobilecnn bench``)."""
+    timed = [r for r in rows if r.median_ms is not None]
+    has_acc = any(r.accuracy is not None for r in timed)
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(13 if has_acc else 7.5, 5.5), squeeze=False)
+    ax = axes[0][0]
+    for backend in sorted({r.backend for r in timed}):
+        sel = [r for r in timed if r.backend == backend]
+        ax.scatter([r.macs / 1e6 for r in sel], [r.median_ms for r in sel], label=backend, s=28)
+    fastest: dict[str, Any] = {}
+    for r in timed:
+        if r.model not in fastest or r.median_ms < fastest[r.model].median_ms:
+            fastest[r.model] = r
+    label_points(ax, [(r.macs / 1e6, r.median_ms, r.model.replace("torchvision.", "tv.")) for r in fastest.values()])
+    ax.set(xlabel="MACs per image (millions)", ylabel="median latency per batch (ms)", title="latency vs MACs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if has_acc:
+        ax2 = axes[0][1]
+        points = []
+        for backend in sorted({r.backend for r in timed if r.accuracy is not None}):
+            sel = [r for r in timed if r.backend == backend and r.accuracy is not None]
+            ax2.scatter([r.median_ms for r in sel], [r.accuracy for r in sel], label=backend, s=28)
+        for r in fastest.values():
+            if r.accuracy is not None:
+                points.append((r.median_ms, r.accuracy, r.model))
+        label_points(ax2, points)
+        ax2.set(xlabel="median latency (ms)", ylabel="top-1 accuracy (%)", title="accuracy vs latency")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
     """Accuracy vs MACs, accuracy vs latency, and the Table 3 shuffle ablation (``mobilecnn reproduce``)."""
     out = Path(out_dir)
@@ -90,13 +133,14 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
     for key, xattr, xlabel in (("accuracy_vs_macs", "macs_32", "MACs at 32 px (M)"),
                                ("accuracy_vs_latency", "latency_ms", "latency, batch 1, 1 thread (ms)")):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        points = []
         for r in rows:
             if not r.shuffle or getattr(r, xattr) is None:
                 continue
             x = getattr(r, xattr) / (1e6 if xattr == "macs_32" else 1)
             ax.errorbar(x, r.mean, yerr=r.std, fmt="o", color=colors[family(r)], capsize=3)
-            ax.annotate(r.model.replace("shufflenet_v1_", "sn_").replace("mobilenet_", "mn"), (x, r.mean), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            points.append((x, r.mean, r.model.replace("shufflenet_v1_", "sn_").replace("mobilenet_", "mn")))
+        label_points(ax, points)
         for fam, c in colors.items():
             ax.scatter([], [], color=c, label=fam)
         ax.set(xlabel=xlabel, ylabel="Fashion-MNIST top-1 (%)", xscale="log")

@@ -11,7 +11,7 @@ from ..deploy.export import export_run
 from ..deploy.formats import FORMATS
 from ..deploy.predict import iter_predictions, load_predictor
 from ..errors import UsageError
-from .app import err, error, out, safe
+from .console import err, error, out, safe
 from .options import int_list, number, positive_int
 
 __all__ = ["add_parsers"]

@@ -9,7 +9,7 @@ from ..analysis import profile, tables_markdown
 from ..errors import UsageError
 from ..models import create_model, list_models, published
 from ..runs.files import atomic_write_text
-from .app import out, safe
+from .console import out, safe
 
 __all__ = ["add_parsers"]
 

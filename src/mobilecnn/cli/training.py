@@ -15,7 +15,7 @@ from ..reproduce import FULL, QUICK, rebuild_report, run_reproduce
 from ..train import TrainConfig, train
 from rich.text import Text
 
-from .app import err, out, safe
+from .console import err, out, safe
 from .options import add_config_arguments, config_from_args, positive_int
 
 __all__ = ["add_parsers"]

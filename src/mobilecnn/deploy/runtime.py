@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import MissingBackendError, UsageError
 from .formats import format_for_path
@@ -161,10 +163,6 @@ class TorchScriptRuntime(Runtime):
 
     def __init__(self, path: Path, threads: int) -> None:
         super().__init__(path, threads)
-        import warnings
-
-        import torch
-
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
@@ -250,8 +248,6 @@ class ExecuTorchRuntime(Runtime):
         super().__init__(path, threads)
         _check_pte_file(path)
         portable = require_backend("executorch.extension.pybindings.portable_lib", "running ExecuTorch .pte files")
-        import torch
-
         portable._unsafe_reset_threadpool(threads)
         self.module = portable._load_for_executorch(str(path))
         meta = self.module.method_meta("forward")  # raises on a corrupt program

@@ -41,7 +41,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FASHION = Path(os.environ.get("MOBILECNN_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
 needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
                                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
@@ -558,7 +558,7 @@ def test_fuzz_export_cli(run_dir, tmp_path, capsys, fmt, int8, max_drop, suffix,
 
 @needs_fashion
 def test_export_without_the_backend_installed_is_a_clean_error(run_dir, tmp_path, capsys, monkeypatch):
-    import mobilecnn.export as export_module
+    import mobilecnn.deploy.export as export_module
     from mobilecnn.errors import MissingBackendError
 
     def missing(module: str, purpose: str):

@@ -136,7 +136,7 @@ def test_openvino_int8_trap_is_refused(tmp_path, trained):
 def test_int8_refused_when_drop_exceeds_max(tmp_path, trained, monkeypatch):
     """A broken int8 runtime (logits rolled by one class) is refused and its file deleted."""
     pytest.importorskip("onnxruntime")
-    import mobilecnn.export as export_mod
+    import mobilecnn.deploy.export as export_mod
 
     real = export_mod.load_runtime
     monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1: (lambda a: np.roll(real(p, threads)(a), 1, axis=1)))

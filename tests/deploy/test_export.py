@@ -140,7 +140,7 @@ def test_executorch_static_batch_is_reported(tmp_path):
 
 def test_verification_failure_deletes_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import mobilecnn.export as export_mod
+    import mobilecnn.deploy.export as export_mod
 
     real = export_mod.load_runtime
 
@@ -159,7 +159,7 @@ def test_verification_failure_deletes_file(tmp_path, monkeypatch):
 
 def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import mobilecnn.export as export_mod
+    import mobilecnn.deploy.export as export_mod
 
     path = tmp_path / "m.onnx"
     model = small_model("mobilenet_v1_x0_25")
