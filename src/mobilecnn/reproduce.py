@@ -85,6 +85,7 @@ class ModelResult:
     peak_activation_bytes: int
     top1: list[float] = field(default_factory=list)
     int8_top1: float | None = None
+    int8_fp32_top1: float | None = None  # fp32 top-1 on the images the int8 check used
     int8_note: str = ""
     latency_ms: float | None = None
     train_time_s: list[float] = field(default_factory=list)
@@ -175,7 +176,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         first_run = out / "runs" / f"{key}-seed0"
         res.latency_ms = _latency(first_run, plan)
         if plan.int8:
-            res.int8_top1, res.int8_note = _int8(first_run, plan.int8_check_images)
+            res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan.int8_check_images)
         results[key] = res
         notify("done", {"key": key, "top1": res.mean})
     elapsed = time.perf_counter() - started
@@ -220,17 +221,16 @@ def _latency(run: Path, plan: ReproducePlan) -> float | None:
     return ok[0] if ok else None
 
 
-def _int8(run: Path, check_count: int) -> tuple[float | None, str]:
-    """int8 (onnxruntime static QDQ) top-1 on the full test set, refused exports reported as such."""
-
-
+def _int8(run: Path, check_count: int) -> tuple[float | None, float | None, str]:
+    """int8 (onnxruntime static QDQ) and fp32 top-1 on the same ``check_count`` test images; a refused
+    export is reported as such."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = export_run(run, "onnx", Path(tmp) / "m.onnx", int8=True, check_count=check_count, max_drop=100.0)
         except (ValueError, ImportError) as exc:
-            return None, f"int8 export failed: {exc}"
+            return None, None, f"int8 export failed: {exc}"
     report = result.get("int8_report") or {}
-    return report.get("int8_top1"), ""
+    return report.get("int8_top1"), report.get("fp32_top1"), ""
 
 
 def _verdict(diff: float, a: ModelResult, b: ModelResult) -> str:
@@ -320,7 +320,8 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "",
         f"Data: Fashion-MNIST (real, 60k/10k, resized to 32 px), small-input stems. Budget: {budget}. Top-1 on the full "
         "10,000-image test set, mean ± std over seeds. int8: the seed-0 run through onnxruntime static QDQ, calibrated "
-        "on 512 training images and evaluated on the full test set, beside that run's fp32 top-1. Latency: the seed-0 "
+        f"on 512 training images, beside that run's fp32 top-1, both on {plan.int8_check_images:,} test images. "
+        "Latency: the seed-0 "
         "run in onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
         "the papers' figures are ImageNet at 224 px.",
         "",
@@ -340,7 +341,8 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         spread = f" ± {r.std:.2f}" if len(r.top1) > 1 else ""
         int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f}"
         if r.int8_top1 is not None and r.top1:
-            int8 += f" ({r.top1[0]:.2f})"  # the fp32 top-1 of the seed-0 run that was quantized
+            fp32 = r.int8_fp32_top1 if r.int8_fp32_top1 is not None else r.top1[0]
+            int8 += f" ({fp32:.2f})"  # fp32 of the seed-0 run that was quantized, on the same images
         lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | {r.peak_activation_bytes / 1024:.0f} | "
                      f"{r.mean:.2f}{spread} | {int8} | {'-' if r.latency_ms is None else f'{r.latency_ms:.2f}'} | "
                      f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
