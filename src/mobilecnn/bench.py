@@ -48,6 +48,7 @@ from .deploy.fold import fold_batchnorm
 from .deploy.formats import format_for_runtime
 from .deploy.quantize import openvino_int8_risky_convs
 from .deploy.runtime import check_threads, load_runtime
+from .errors import UsageError
 from .models import create_model, get_model_entry
 from .plots import plot_bench
 from .runs.files import atomic_write, atomic_write_text
@@ -305,7 +306,7 @@ def _bench_backend(name: str, module: nn.Module, backend: str, threads: list[int
                 else:
                     path, export_notes = export_for(batch)
                     notes.extend(n for n in export_notes if n not in notes)
-                    runtime = load_runtime(path, threads=t)
+                    runtime = load_runtime(path, threads=t, trusted=True)  # exported by this run
                     arr = x.numpy()
 
                     def fn(runtime=runtime, arr=arr) -> Any:
@@ -383,6 +384,17 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def check_output_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` must be a directory (or not exist yet) that can be written; checked before any work."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a directory for bench.json, bench.md and bench.png")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {probe} is not writable")
+    return out
+
+
 def write_bench_outputs(rows: Sequence[BenchRow], out_dir: str | Path, *, stem: str = "bench",
                         meta: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``<stem>.json`` (rows + machine info), ``<stem>.md`` (table) and ``<stem>.png`` (latency vs
@@ -426,6 +438,7 @@ def run_bench(
     A run directory is measured with its trained weights at its training resolution, and its
     validation top-1 is attached to its rows (the accuracy-vs-latency plot).
     """
+    check_output_dir(out_dir)  # before minutes of timing, not after
     targets = list(targets) or ["shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0"]
     groups: dict[int, list[tuple[str | nn.Module, float | None]]] = {}
     for target in targets:

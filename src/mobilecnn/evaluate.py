@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data import dataset_argument, load_data
+from .data import load_data, locate_dataset
 from .errors import CheckpointError
 from .plots import plot_confusion
 from .runs.files import atomic_write_text
@@ -34,7 +34,10 @@ def evaluate_run(
     folders) to the returned dict; they are not written to the JSON.
     """
     loaded = load_trained(path, prefer_ema)
-    dataset = data or dataset_argument(loaded.data.get("name") or "fashion-mnist")
+    if data:
+        dataset = data
+    else:
+        dataset, data_dir = locate_dataset(loaded.data.get("name") or "fashion-mnist", data_dir)
     _, val_loader, info = load_data(dataset, data_dir=data_dir, resolution=loaded.data.get("resolution"),
                                     batch_size=1, eval_batch_size=batch_size, val_subset=subset, workers=workers)
     if info.num_classes != loaded.model.num_classes:
@@ -50,7 +53,7 @@ def evaluate_run(
     result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
                    "data": info.name, "class_names": info.class_names})
     out = Path(out_dir) if out_dir else (loaded.run_dir / "eval" if loaded.run_dir else Path("eval"))
-    atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     plot_confusion(result["confusion"], info.class_names, out / "confusion.png",
                    title=f"{loaded.model_name} on {info.name}: top-1 {result['top1']:.2f}%")
     result["outputs"] = {"json": str(out / "eval.json"), "confusion_png": str(out / "confusion.png")}

@@ -57,17 +57,38 @@ def plot_training_curves(metrics_file: str | Path, out_png: str | Path) -> Path:
     return _save(fig, out_png)
 
 
+#: Above this many classes the confusion figure shows only the worst classes (the full matrix is in eval.json).
+MAX_CONFUSION_CLASSES = 30
+
+
+def _printable(name: str) -> str:
+    """A class name as matplotlib can draw it: undecodable bytes and control characters replaced."""
+    text = str(name).encode("utf-8", "replace").decode("utf-8")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], out_png: str | Path,
                    title: str = "confusion matrix") -> Path:
-    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    """Row-normalised confusion matrix (rows: true class, columns: predicted).
+
+    Beyond :data:`MAX_CONFUSION_CLASSES` classes (a figure growing with classes squared took 6 GB at 250
+    classes) only the rows and columns of the classes with the lowest accuracy are drawn.
+    """
     cm = np.asarray(confusion, dtype=float)
+    names = [_printable(c) for c in class_names]
+    if len(names) > MAX_CONFUSION_CLASSES:
+        accuracy = np.diag(cm) / np.clip(cm.sum(1), 1, None)
+        keep = np.sort(np.argsort(accuracy, kind="stable")[:MAX_CONFUSION_CLASSES])
+        cm = cm[np.ix_(keep, keep)]
+        names = [names[i] for i in keep]
+        title = f"{title}\n({MAX_CONFUSION_CLASSES} lowest-accuracy of {len(class_names)} classes; all in eval.json)"
     norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
-    n = len(class_names)
+    n = len(names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set(xlabel="predicted", ylabel="true", title=_printable(title))
     if n <= 20:
         for i in range(n):
             for j in range(n):

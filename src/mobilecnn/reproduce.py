@@ -25,6 +25,7 @@ from typing import Any, Callable
 from .analysis.complexity import profile
 from .bench import benchmark
 from .deploy.export import export_run
+from .errors import DataError
 from .models import create_model, published
 from .plots import plot_reproduce
 from .runs.files import atomic_write_text
@@ -56,8 +57,8 @@ class ReproducePlan:
     seeds: int
     epochs: float
     subset: int | None
-    # Pinned to what reports/full was run with (the fast recipe before its retune to 0.3@64, see
-    # train.RECIPES), so the committed report stays reproducible with the command it prints.
+    # The full plan keeps what reports/full was run with (the fast recipe before its retune to 0.3@64,
+    # docs/training.md), so the committed report stays reproducible with the command it prints.
     batch_size: int = 128
     lr: float = 0.1
     bench_repeats: int = 20
@@ -66,8 +67,10 @@ class ReproducePlan:
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
 
 
-QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=12000,
-                      bench_repeats=10)
+#: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 8,000 images, int8 checked
+#: on 2,000 test images, so that the whole demo stays under 10 minutes on 2 cores.
+QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=8000,
+                      batch_size=64, lr=0.3, bench_repeats=10, int8_check_images=2000)
 #: 17 models x 3 seeds = 51 runs of 156 steps: 84 min on this 2-core machine (2 threads, idle).
 FULL = ReproducePlan("full", levels=3, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
 
@@ -82,6 +85,7 @@ class ModelResult:
     peak_activation_bytes: int
     top1: list[float] = field(default_factory=list)
     int8_top1: float | None = None
+    int8_fp32_top1: float | None = None  # fp32 top-1 on the images the int8 check used
     int8_note: str = ""
     latency_ms: float | None = None
     train_time_s: list[float] = field(default_factory=list)
@@ -172,7 +176,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         first_run = out / "runs" / f"{key}-seed0"
         res.latency_ms = _latency(first_run, plan)
         if plan.int8:
-            res.int8_top1, res.int8_note = _int8(first_run, plan.int8_check_images)
+            res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan.int8_check_images)
         results[key] = res
         notify("done", {"key": key, "top1": res.mean})
     elapsed = time.perf_counter() - started
@@ -190,14 +194,20 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
     source = out / "results.json"
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found: run `mobilecnn reproduce --out {out}` first")
+    def refuse_constant(name: str) -> float:
+        raise ValueError(f"it holds {name}, which is not a measured number")
+
     try:
-        payload = json.loads(source.read_text())
+        payload = json.loads(source.read_text(), parse_constant=refuse_constant)
         plan = ReproducePlan(**payload["plan"])
         names = {f.name for f in fields(ModelResult)}
         results = {m["key"]: ModelResult(**{k: v for k, v in m.items() if k in names}) for m in payload["models"]}
         elapsed = float(payload["elapsed_s"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{source} is not a reproduce results file ({exc})") from None
+        for r in results.values():
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r.top1) or not r.top1:
+                raise ValueError(f"model {r.key!r} has no finite top-1 results")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{source} is not a reproduce results file ({exc}); run `mobilecnn reproduce` again") from None
     return _write_report(plan, results, out, elapsed)
 
 
@@ -211,17 +221,16 @@ def _latency(run: Path, plan: ReproducePlan) -> float | None:
     return ok[0] if ok else None
 
 
-def _int8(run: Path, check_count: int) -> tuple[float | None, str]:
-    """int8 (onnxruntime static QDQ) top-1 on the full test set, refused exports reported as such."""
-
-
+def _int8(run: Path, check_count: int) -> tuple[float | None, float | None, str]:
+    """int8 (onnxruntime static QDQ) and fp32 top-1 on the same ``check_count`` test images; a refused
+    export is reported as such."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = export_run(run, "onnx", Path(tmp) / "m.onnx", int8=True, check_count=check_count, max_drop=100.0)
         except (ValueError, ImportError) as exc:
-            return None, f"int8 export failed: {exc}"
+            return None, None, f"int8 export failed: {exc}"
     report = result.get("int8_report") or {}
-    return report.get("int8_top1"), ""
+    return report.get("int8_top1"), report.get("fp32_top1"), ""
 
 
 def _verdict(diff: float, a: ModelResult, b: ModelResult) -> str:
@@ -311,7 +320,8 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "",
         f"Data: Fashion-MNIST (real, 60k/10k, resized to 32 px), small-input stems. Budget: {budget}. Top-1 on the full "
         "10,000-image test set, mean ± std over seeds. int8: the seed-0 run through onnxruntime static QDQ, calibrated "
-        "on 512 training images and evaluated on the full test set, beside that run's fp32 top-1. Latency: the seed-0 "
+        f"on 512 training images, beside that run's fp32 top-1, both on {plan.int8_check_images:,} test images. "
+        "Latency: the seed-0 "
         "run in onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
         "the papers' figures are ImageNet at 224 px.",
         "",
@@ -331,7 +341,8 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         spread = f" ± {r.std:.2f}" if len(r.top1) > 1 else ""
         int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f}"
         if r.int8_top1 is not None and r.top1:
-            int8 += f" ({r.top1[0]:.2f})"  # the fp32 top-1 of the seed-0 run that was quantized
+            fp32 = r.int8_fp32_top1 if r.int8_fp32_top1 is not None else r.top1[0]
+            int8 += f" ({fp32:.2f})"  # fp32 of the seed-0 run that was quantized, on the same images
         lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | {r.peak_activation_bytes / 1024:.0f} | "
                      f"{r.mean:.2f}{spread} | {int8} | {'-' if r.latency_ms is None else f'{r.latency_ms:.2f}'} | "
                      f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
@@ -341,6 +352,6 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
     atomic_write_text(out / "report.md", text)
     payload = {"plan": asdict(plan), "elapsed_s": elapsed,
                "models": [{**asdict(r), "mean": r.mean, "std": r.std} for r in rows]}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return {"report": str(out / "report.md"), "results": str(out / "results.json"), "plots": {k: str(v) for k, v in plots.items()},
             "elapsed_s": elapsed}

@@ -8,7 +8,7 @@
   op that makes it to the last op that reads it; the peak is the largest total size of tensors alive
   at the same op, the input image included. Weights are not activations and are not counted.
 * Per layer: name, kind, output shape, MACs, params; for each depthwise-separable block (MobileNet V1
-  block, inverted residual, ShuffleNet unit) the seed's cost of a standard K x K conv F^2 D K^2 C, of
+  block, inverted residual, ShuffleNet unit) the cost of a standard K x K conv F^2 D K^2 C, of
   a depthwise separable conv F^2 D (K^2 + C), the block's measured MACs and the saving.
 """
 

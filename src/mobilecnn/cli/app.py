@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from .. import __version__
@@ -27,9 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler, torchrun stopping its workers) unwinds like Ctrl-C: every
+    ``finally`` runs, so staging folders and temporary files are removed."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage and its one-line error (or --help / --version)
+        return exc.code if isinstance(exc.code, int) else 2
+    _interrupt_on_sigterm()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -41,7 +41,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         for row in result.layers
     ]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    out(f"{result.model} @ {result.resolution}px (block rows: seed's cost of a standard 3x3 conv F^2 D K^2 C, "
+    out(f"{result.model} @ {result.resolution}px (block rows: cost of a standard 3x3 conv F^2 D K^2 C, "
           "of a depthwise separable conv F^2 D (K^2 + C), saving = standard / actual)")
     for r in [header] + rows:
         out("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

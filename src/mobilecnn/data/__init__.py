@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
-from .batches import FOLDER_PREFIX, Batches, DataInfo, check_batch_args, dataset_argument
+from .batches import FOLDER_PREFIX, Batches, DataInfo, check_batch_args, dataset_argument, locate_dataset
 from .cifar import read_cifar
 from .fashion_mnist import DATA_DIR_ENV, DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, read_fashion_mnist
 from .folder import FolderBatches, load_folder, scan_image_folder
@@ -38,6 +38,7 @@ __all__ = [
     "read_fashion_mnist",
     "read_cifar",
     "dataset_argument",
+    "locate_dataset",
     "FASHION_MNIST_CLASSES",
     "FOLDER_PREFIX",
     "IMAGE_EXTENSIONS",

@@ -15,7 +15,7 @@ import torch
 from ..errors import DataError
 
 __all__ = ["DataInfo", "Batches", "FOLDER_PREFIX", "seed_of", "generator", "check_batch_args", "check_start_step",
-           "train_plan", "eval_shard", "dataset_argument", "plan_epoch_size", "subset_indices", "check_global_batch"]
+           "train_plan", "eval_shard", "dataset_argument", "locate_dataset", "plan_epoch_size", "subset_indices", "check_global_batch"]
 
 #: ``DataInfo.name`` of an image-folder dataset is this prefix + the folder's absolute path.
 FOLDER_PREFIX = "folder:"
@@ -77,6 +77,17 @@ class Batches(Protocol):
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield float32 ``N,C,R,R`` normalised images and int64 labels from batch ``start_step`` on."""
         ...
+
+
+def locate_dataset(name: str, data_dir: str | None) -> tuple[str, str | None]:
+    """``(data, data_dir)`` for ``load_data`` to reload the dataset a run was trained on.
+
+    For an image folder that has moved since training, ``data_dir`` names its new place.
+    """
+    data = dataset_argument(name)
+    if str(name).startswith(FOLDER_PREFIX) and data_dir:
+        return str(data_dir), None
+    return data, data_dir
 
 
 def dataset_argument(name: str) -> str:
@@ -147,6 +158,9 @@ def subset_indices(n: int, k: int | None, seed: int, what: str) -> torch.Tensor 
 
 def check_global_batch(batch_size: int, world_size: int, train_size: int) -> None:
     total = batch_size * world_size
+    if train_size == 0:
+        raise DataError("the dataset has no training images (after --subset and skipping unreadable files); "
+                        "add images")
     if total > train_size:
         procs = f" ({batch_size} x {world_size} processes)" if world_size > 1 else ""
         raise DataError(f"batch size {total}{procs} is larger than the {train_size} training images; "

@@ -33,27 +33,40 @@ def file_key(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_mtime_ns, st.st_size
 
 
+#: An IDX file larger than this (decompressed) is refused: Fashion-MNIST's largest is 47 MB.
+MAX_IDX_BYTES = 1 << 30
+
+
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
-    """Read one gzipped IDX file (uint8 payload), validating magic number and size."""
+    """Read one gzipped IDX file (uint8 payload), validating magic number and size.
+
+    The header is read first and the payload only up to the size it announces, so a gzip bomb given
+    as the dataset is refused after a few bytes instead of being decompressed whole.
+    """
+    header = 4 + 4 * ndim
     try:
         with gzip.open(path, "rb") as fh:
-            raw = fh.read()
+            head = fh.read(header)
+            got = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
+            if got != magic:
+                raise DataError(f"{path} is not an IDX file (magic number {got}, expected {magic}); replace it "
+                                "(e.g. reinstall dataset-fashion-mnist)")
+            if len(head) < header:
+                raise DataError(f"{path} is truncated (header incomplete); replace it")
+            dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+            expected = int(np.prod(dims, dtype=np.int64))
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path} announces {dims} = {expected} bytes, more than any Fashion-MNIST file "
+                                f"({MAX_IDX_BYTES} at most); replace it")
+            payload = fh.read(expected + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} is corrupt or truncated ({e}); replace it (e.g. reinstall "
                         "dataset-fashion-mnist)") from None
-    header = 4 + 4 * ndim
-    got = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-    if got != magic:
-        raise DataError(f"{path} is not an IDX file (magic number {got}, expected {magic}); replace it "
-                        "(e.g. reinstall dataset-fashion-mnist)")
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated (header incomplete); replace it")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
-        raise DataError(f"{path} holds {len(raw) - header} data bytes but its header {dims} needs "
-                        f"{expected}; the file is truncated or corrupt, replace it")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if len(payload) != expected:
+        held = f"more than {expected}" if len(payload) > expected else str(len(payload))
+        raise DataError(f"{path} holds {held} data bytes but its header {dims} needs {expected}; the file is "
+                        "truncated or corrupt, replace it")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 @functools.lru_cache(maxsize=4)

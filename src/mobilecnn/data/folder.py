@@ -26,24 +26,59 @@ _FOLDER_STATS_SAMPLES = 256
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[tuple[str, int]], list[str]]:
     """``(samples, class_names)`` of an ImageFolder tree: class names are the sorted sub-folder names,
     samples ``(path, class index)`` sorted by class then path; files are found recursively and only the
-    image extensions in :data:`IMAGE_EXTENSIONS` count (case-insensitive, hidden files ignored)."""
+    image extensions in :data:`IMAGE_EXTENSIONS` count (case-insensitive, hidden files ignored).
+
+    Links to folders are followed once: a folder reached again (a link loop such as ``a/loop -> ..``,
+    or a second link to the same folder) is skipped, so no image is counted twice or under another
+    class. A folder that cannot be read is an error naming it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; create it with one sub-folder per class")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"cannot read {root} ({exc.strerror}); make it readable") from None
     if not classes:
         raise DataError(f"{root} has no class folders; put the images of each class in {root}/<class>/")
     samples: list[tuple[str, int]] = []
+    seen = {_folder_key(root)}  # a class folder never descends into the dataset root or another class
     for ci, cls in enumerate(classes):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            dirnames.sort()
-            found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f))
+        seen.add(_folder_key(root / cls))
+    for ci, cls in enumerate(classes):
+        found = _walk_images(root / cls, seen)
         if not found:
             raise DataError(f"class folder {root / cls} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
                             "add images or remove the folder")
         samples.extend((p, ci) for p in found)
     return samples, classes
+
+
+def _folder_key(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _walk_images(top: Path, seen: set[tuple[int, int]]) -> list[str]:
+    """Image files below ``top`` (sorted), entering every real folder once."""
+    found: list[str] = []
+
+    def refuse(exc: OSError) -> None:
+        raise DataError(f"cannot read class folder {exc.filename} ({exc.strerror}); make it readable or remove it")
+
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=refuse):
+        keep = []
+        for name in sorted(dirnames):
+            try:
+                key = _folder_key(Path(dirpath) / name)
+            except OSError:  # a dangling link
+                continue
+            if key not in seen:
+                seen.add(key)
+                keep.append(name)
+        dirnames[:] = keep
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f))
+    return found
 
 
 def _check_image(path: str) -> str | None:
@@ -76,7 +111,7 @@ def _verify_files(samples: list[tuple[str, int]], threads: int = 8) -> list[tupl
 
 
 def _corrupt_error(path: str, reason: str) -> DataError:
-    return DataError(f"unreadable image {path} ({reason}); remove or replace it, or use --on-corrupt skip "
+    return DataError(f"unreadable image {_shown(path)} ({reason}); remove or replace it, or use --on-corrupt skip "
                      "to skip such files")
 
 
@@ -103,27 +138,27 @@ class _FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, list[tuple[str, str]]]:
         index, epoch = key
-        bad: list[str] = []
+        bad: list[tuple[str, str]] = []  # (path, reason): any byte-valid file name, newlines included
         tries = min(len(self.samples), 16) if self.skip else 1
         for t in range(tries):  # in skip mode a file that fails to decode is replaced by the next one
             path, label = self.samples[(index + t) % len(self.samples)]
             try:
                 img = load_image(path, 1 if self.grayscale else 3)
             except Exception as e:  # noqa: BLE001
-                bad.append(f"{path}\t{_reason(e, path)}")
+                bad.append((path, _reason(e, path)))
                 continue
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_of("sample", self.seed, epoch, index))
                 x = self.transform(img)
-            return x, label, "\n".join(bad)
-        return torch.zeros(self.shape), -1, "\n".join(bad)
+            return x, label, bad
+        return torch.zeros(self.shape), -1, bad
 
 
-def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     xs, ys, bad = zip(*items)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), [b for b in bad if b]
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), [entry for b in bad for entry in b]
 
 
 class FolderBatches:
@@ -214,8 +249,8 @@ class FolderBatches:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    def _handle_bad(self, bad: list[str]) -> None:
-        entries = [tuple(line.split("\t", 1)) for b in bad for line in b.split("\n")]
+    def _handle_bad(self, bad: list[tuple[str, str]]) -> None:
+        entries = [(str(p), str(r)) for p, r in bad]
         if self.on_corrupt == "error":
             raise _corrupt_error(*entries[0])
         new = [(p, r) for p, r in entries if p not in self._warned]
@@ -225,8 +260,13 @@ class FolderBatches:
             _warn_skipped(new, "decoding; each was replaced by the next image", stacklevel=4)
 
 
+def _shown(path: str) -> str:
+    """A file name fit for a one-line message: control characters (newlines, escapes) made visible."""
+    return path if path.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in path)
+
+
 def _warn_skipped(bad: list[tuple[str, str]], where: str, stacklevel: int = 3) -> None:
-    first = "; ".join(f"{p} ({r})" for p, r in bad[:3])
+    first = "; ".join(f"{_shown(p)} ({r})" for p, r in bad[:3])
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {where}: {first}{more}", stacklevel=stacklevel)
 
@@ -272,6 +312,9 @@ def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size
                 ([f"only in val/: {', '.join(only_te)}"] if only_te else [])
         raise DataError(f"train/ and val/ of {root} have different class folders ({'; '.join(parts)}); "
                         "make both hold the same class folders")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}): a classifier needs at least "
+                        "2 classes, one folder each")
     splits = {}
     for split, samples in (("train", tr_samples), ("val", te_samples)):
         bad = _verify_files(samples)

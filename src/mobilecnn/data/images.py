@@ -44,7 +44,7 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 RASTER_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP", "TIFF", "PPM")  # JPEG covers MPO
 #: Largest input side any preprocessing accepts: larger values in a sidecar are a typo or an attack.
-MAX_RESOLUTION = 4096
+MAX_RESOLUTION = 2048
 RESIZE_MODES = ("square", "center_crop")
 
 

@@ -31,6 +31,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Preprocessing, dataset_argument, load_data
+from ..data import Preprocessing, load_data, locate_dataset
 from ..errors import ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError
 from .fold import DeployClassifier, avgpool_to_depthwise, deploy_form, fold_batchnorm
 from ..runs.rundir import load_trained
@@ -209,6 +210,24 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+_STAGE_NAME = re.compile(r"\..+\.(\d+)\.[^.]+\.export")
+
+
+def _sweep_stale_stages(out_dir: Path) -> None:
+    """Remove staging folders of our naming (``.NAME.PID.XXXX.export``) whose export process is gone
+    (killed by SIGKILL or a power cut); a live concurrent export's folder is left alone."""
+    for entry in out_dir.glob(".*.export"):
+        match = _STAGE_NAME.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except (PermissionError, OverflowError, ValueError):
+            continue
+
+
 def _commit(stage: Path, out_dir: Path, main_name: str) -> None:
     """Move the staged files into ``out_dir`` with ``os.replace``; the main file (e.g. .xml) last."""
     files = sorted((p for p in stage.iterdir() if p.is_file()), key=lambda p: p.name == main_name)
@@ -321,7 +340,8 @@ def export_model(
 
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".export", dir=out_dir))
+    _sweep_stale_stages(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.{os.getpid()}.", suffix=".export", dir=out_dir))
     work = Path(tempfile.mkdtemp(prefix="work-", dir=stage))
     target = stage / out_path.name
     try:
@@ -341,7 +361,7 @@ def export_model(
         shutil.rmtree(work)
         file_bytes = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
 
-        runtime = load_runtime(target, threads=threads)
+        runtime = load_runtime(target, threads=threads, trusted=True)  # the file this process just wrote
         ref = _logits(reference, verify)
         out = runtime(verify.numpy())
         if out.shape != ref.shape:
@@ -404,7 +424,8 @@ def _report(path: Path, fmt: str, int8: bool, max_abs: float, rel: float, agreem
 def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
                   with_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``count`` preprocessed real images (and labels) of a dataset split ("train" or "val")."""
-    train_loader, val_loader, _ = load_data(data, data_dir=data_dir, resolution=resolution, batch_size=64,
+    # batch 1 for the training split: any dataset with at least one image can be sampled
+    train_loader, val_loader, _ = load_data(data, data_dir=data_dir, resolution=resolution, batch_size=1,
                                             eval_batch_size=256, seed=seed, val_subset=count if split == "val" else None,
                                             workers=0)
     loader = val_loader if split == "val" else train_loader
@@ -439,7 +460,7 @@ def export_run(
                          f"[32, {MAX_CALIBRATION}] (256-512 recommended)")
     loaded = load_trained(run)
     info = loaded.data
-    dataset = dataset_argument(info.get("name") or "fashion-mnist")
+    dataset, data_dir = locate_dataset(info.get("name") or "fashion-mnist", data_dir)
     preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
     resolution = preprocessing.resolution
     if out is None:
@@ -454,11 +475,16 @@ def export_run(
                                        split="train", count=calibration_count)
     sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
                "format": fmt, "int8": int8, "data": info, "preprocessing": preprocessing.to_dict()}
+    notes = []
+    if calibration is not None and len(calibration) < 32:
+        notes.append(f"int8 calibrated on only {len(calibration)} training images (the dataset has no more): "
+                     "ranges may be poor, the accuracy check decides")
     report = export_model(
         loaded.model, fmt, out, example=verify[:1], verify_images=verify[:256], int8=int8, calibration=calibration,
         check_images=verify if int8 else None, check_labels=verify_labels if int8 else None, max_drop=max_drop,
         threads=threads, sidecar=sidecar,
     )
+    report.notes.extend(notes)
     result = report.to_dict()
     result["sidecar"] = str(Path(str(report.path) + SIDECAR_SUFFIX))
     return result

@@ -132,11 +132,14 @@ def _classify(chunk: list[tuple[Prediction, np.ndarray]], predictor: Predictor, 
     if not np.isfinite(logits).all():
         raise NonFiniteError(f"{predictor.source} produced NaN/inf outputs: its weights or preprocessing are broken; "
                              "no prediction is reported")
+    names = predictor.class_names
+    if names and len(names) != logits.shape[1]:
+        raise CheckpointError(f"{predictor.source}: its description names {len(names)} classes but the model has "
+                              f"{logits.shape[1]} outputs; the sidecar does not belong to this file: export it again")
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=1, keepdims=True)
     k = min(topk, probs.shape[1])
-    names = predictor.class_names
     for (result, _), p in zip(chunk, probs):
         order = np.argsort(-p)[:k]
         result.top = [(names[i] if i < len(names) else str(i), float(p[i])) for i in order]

@@ -112,8 +112,8 @@ def check_calibration(calibration: torch.Tensor | None, example: torch.Tensor) -
     if tuple(calibration.shape[1:]) != tuple(example.shape[1:]):
         raise ValueError(f"calibration images have shape {tuple(calibration.shape[1:])} per image but the example "
                          f"input has {tuple(example.shape[1:])}")
-    if len(calibration) < 32:
-        raise ValueError(f"calibration has only {len(calibration)} images; use at least 32 (256-512 recommended)")
+    if len(calibration) < 1:
+        raise ValueError("calibration holds no images; pass preprocessed training images (256-512 recommended)")
     return calibration.detach().float().cpu().clone(memory_format=torch.contiguous_format)
 
 

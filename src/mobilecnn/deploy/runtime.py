@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -239,14 +241,49 @@ def _check_pte_file(path: Path) -> None:
             raise ValueError(f"{path}: truncated ExecuTorch program ({size} bytes, header needs {needed})")
 
 
+# Loads the program and runs one forward on zeros of its planned shape, in a child process: a crafted
+# .pte can crash the ExecuTorch loader (a segfault, not an exception), which must not take us down.
+_PTE_PROBE = """
+import sys
+import torch
+from executorch.extension.pybindings import portable_lib as p
+p._unsafe_reset_threadpool(1)
+m = p._load_for_executorch(sys.argv[1])
+meta = m.method_meta("forward")
+sizes = tuple(meta.input_tensor_meta(0).sizes())
+m.forward((torch.zeros(sizes),))
+"""
+PTE_PROBE_TIMEOUT_S = 300
+
+
+def _probe_in_child(path: Path) -> None:
+    try:
+        done = subprocess.run([sys.executable, "-c", _PTE_PROBE, str(path)], capture_output=True, text=True,
+                              timeout=PTE_PROBE_TIMEOUT_S, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{path}: ExecuTorch did not finish loading and running this file in "
+                         f"{PTE_PROBE_TIMEOUT_S} s; it is corrupt or not an ExecuTorch program") from None
+    if done.returncode != 0:
+        how = (f"the loader crashed with signal {-done.returncode}" if done.returncode < 0 else
+               (done.stderr.strip().splitlines() or ["it failed"])[-1][:300])
+        raise ValueError(f"{path}: ExecuTorch cannot run this file ({how}); it is corrupt or not an ExecuTorch "
+                         "program: export it again")
+
+
 class ExecuTorchRuntime(Runtime):
-    """ExecuTorch program; the XNNPACK thread pool is process-wide, sized before loading."""
+    """ExecuTorch program; the XNNPACK thread pool is process-wide, sized before loading.
+
+    A file from outside (``trusted=False``) is first loaded and run once in a child process.
+    """
 
     backend = "executorch"
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, trusted: bool = False) -> None:
         super().__init__(path, threads)
         _check_pte_file(path)
+        if not trusted:
+            require_backend("executorch.extension.pybindings.portable_lib", "running ExecuTorch .pte files")
+            _probe_in_child(path)
         portable = require_backend("executorch.extension.pybindings.portable_lib", "running ExecuTorch .pte files")
         portable._unsafe_reset_threadpool(threads)
         self.module = portable._load_for_executorch(str(path))
@@ -292,7 +329,7 @@ _RUNTIMES: dict[str, type[Runtime]] = {
 }
 
 
-def load_runtime(path: str | Path, threads: int = 1) -> Runtime:
+def load_runtime(path: str | Path, threads: int = 1, trusted: bool = False) -> Runtime:
     """Load an exported model file with the runtime its suffix names (see the module docstring).
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file for an unknown
@@ -304,6 +341,8 @@ def load_runtime(path: str | Path, threads: int = 1) -> Runtime:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     try:
+        if backend == "executorch":
+            return ExecuTorchRuntime(path, threads, trusted=trusted)
         return _RUNTIMES[backend](path, threads)
     except (MissingBackendError, ValueError, FileNotFoundError):
         raise

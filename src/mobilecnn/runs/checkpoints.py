@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "model_metadata",
     "save_weights",
     "load_weights",
+    "check_state_fits",
     "read_metadata",
     "save_training_checkpoint",
     "latest_checkpoint",
@@ -110,22 +112,30 @@ def load_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, 
                     f"{mine['model']} (num_classes={mine['num_classes']}, in_chans={mine['in_chans']}, "
                     f"small_input={mine['small_input']}): the {what} differs"
                 )
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-        if missing or unexpected or wrong:
-            detail = "; ".join(
-                part for part in (
-                    f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing else "",
-                    f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})" if unexpected else "",
-                    f"shape mismatch for {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model "
-                    f"{tuple(expected[wrong[0]].shape)}" if wrong else "",
-                ) if part
-            )
-            raise CheckpointError(f"{path} does not fit {mine['model']}: {detail}")
+        check_state_fits(state, model, path)
         model.load_state_dict(state)
     return state
+
+
+def check_state_fits(state: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first missing, unknown or wrongly shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    wrong_type = [k for k in expected if k in state and state[k].is_floating_point() != expected[k].is_floating_point()]
+    if missing or unexpected or wrong or wrong_type:
+        detail = "; ".join(
+            part for part in (
+                f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing else "",
+                f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})" if unexpected else "",
+                f"shape mismatch for {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model "
+                f"{tuple(expected[wrong[0]].shape)}" if wrong else "",
+                f"dtype mismatch for {wrong_type[0]}: file {state[wrong_type[0]].dtype}" if wrong_type else "",
+            ) if part
+        )
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CheckpointError(f"{path} does not fit {name}: {detail}")
 
 
 def _optimizer_split(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -170,7 +180,7 @@ def save_training_checkpoint(
     final = ckpt_root / name
     tmp = ckpt_root / f".{name}.tmp-{os.getpid()}"
     for stale in ckpt_root.glob(".step-*.tmp-*"):  # left by a killed writer (the run lock admits one writer)
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove_inside(stale)
     for stale in ckpt_root.glob(f".{LATEST}.*.tmp"):  # a killed atomic_write_text of the pointer
         stale.unlink(missing_ok=True)
     tmp.mkdir()
@@ -188,8 +198,8 @@ def save_training_checkpoint(
         for f in tmp.iterdir():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():
+            _remove_inside(final)
         os.replace(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -197,23 +207,54 @@ def save_training_checkpoint(
             raise OSError(f"could not write checkpoint {final}: {exc}") from None
         raise
     atomic_write_text(ckpt_root / LATEST, name + "\n")
-    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name != name)
+    old = sorted(p for p in ckpt_root.glob("step-*") if _real_dir(p) and p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
-        (p / "state.json").unlink(missing_ok=True)  # first: a half-deleted checkpoint must not look complete
-        shutil.rmtree(p, ignore_errors=True)
+        _remove_inside(p)
     return final
 
 
+def _real_dir(path: Path) -> bool:
+    """A directory that is not a symbolic link (links in a run are the user's: never followed, never pruned)."""
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove_inside(path: Path) -> None:
+    """Delete a checkpoint entry of this run without following links: a link is removed, never its target."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    (path / "state.json").unlink(missing_ok=True)  # first: a half-deleted checkpoint must not look complete
+    shutil.rmtree(path, ignore_errors=True)  # rmtree does not follow links inside the tree
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The last complete checkpoint directory of a run, or ``None``."""
+    """The last complete checkpoint directory of a run, or ``None``.
+
+    Only a real ``checkpoints/step-N`` directory of this run counts: ``LATEST`` naming anything else
+    (another path, a link to another run's checkpoint) is ignored, never followed.
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
+    if not _real_dir(ckpt_root):
+        return None
     pointer = ckpt_root / LATEST
-    if pointer.is_file():
-        candidate = ckpt_root / pointer.read_text().strip()
-        if (candidate / "state.json").is_file():
+    if pointer.is_file() and not pointer.is_symlink():
+        try:
+            name = pointer.read_text(errors="replace").strip()
+        except OSError:
+            name = ""
+        candidate = ckpt_root / name
+        if _STEP_NAME.fullmatch(name) and _complete(candidate):
             return candidate
-    complete = sorted(p for p in ckpt_root.glob("step-*") if (p / "state.json").is_file())
+    complete = sorted(p for p in ckpt_root.glob("step-*") if _STEP_NAME.fullmatch(p.name) and _complete(p))
     return complete[-1] if complete else None
+
+
+_STEP_NAME = re.compile(r"step-\d{8,}")
+
+
+def _complete(ckpt: Path) -> bool:
+    state = ckpt / "state.json"
+    return _real_dir(ckpt) and state.is_file() and not state.is_symlink()
 
 
 def load_training_state(

@@ -10,9 +10,11 @@ same description in its metadata.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +24,7 @@ from torch import nn
 
 from ..errors import CheckpointError, RunLockedError, TrainError
 from ..models import create_model
-from .checkpoints import latest_checkpoint, load_weights, read_metadata
+from .checkpoints import check_state_fits, latest_checkpoint, load_weights, read_metadata
 from .files import atomic_write_text
 
 __all__ = ["LoadedModel", "load_trained", "run_lock", "prepare_run_dir", "append_jsonl", "write_config", "read_config"]
@@ -40,6 +42,13 @@ class LoadedModel:
     @property
     def class_names(self) -> list[str]:
         return list(self.data.get("class_names") or [str(i) for i in range(self.model.num_classes)])
+
+
+def _json_field(meta: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(meta[key])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its {key!r} metadata is not valid JSON ({exc})") from None
 
 
 def _served_weights(ckpt: Path) -> str | None:
@@ -83,47 +92,71 @@ def load_trained(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
     if meta.get("format") != "mobilecnn" or not meta.get("model"):
         raise CheckpointError(f"{weights_file} was not written by mobilecnn (no model description in its metadata)")
     config = read_config(run_dir) if run_dir is not None else {}
-    data = json.loads(meta["data"]) if meta.get("data") else config.get("data", {})
-    extra = json.loads(meta.get("model_kwargs") or "{}")
-    model = create_model(
-        meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"]),
-        small_input=meta.get("small_input") == "True", **extra,
-    )
+    data = _json_field(meta, "data", weights_file) if meta.get("data") else config.get("data", {})
+    extra = _json_field(meta, "model_kwargs", weights_file) if meta.get("model_kwargs") else {}
+    if not isinstance(data, dict) or not isinstance(extra, dict):
+        raise CheckpointError(f"{weights_file}: its data / model_kwargs metadata must be JSON objects")
+    try:
+        num_classes, in_chans = int(meta["num_classes"]), int(meta["in_chans"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{weights_file}: num_classes / in_chans metadata must be integers, got "
+                              f"{meta.get('num_classes')!r} / {meta.get('in_chans')!r}") from None
+    try:
+        model = create_model(meta["model"], num_classes=num_classes, in_chans=in_chans,
+                             small_input=meta.get("small_input") == "True", **extra)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{weights_file}: its metadata does not describe a buildable model ({exc})") from None
     state = load_weights(weights_file)
     if kind == "ema" or any(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{weights_file} does not fit {meta['model']}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    check_state_fits(state, model, weights_file)
+    model.load_state_dict(state)
     return LoadedModel(model.eval(), meta["model"], weights_file, kind, data, run_dir)
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a run directory: a second ``train`` into it is refused, not interleaved."""
+    """Exclusive lock on a run directory: a second ``train`` into it is refused, not interleaved.
+
+    The lock file is opened without following links (``O_NOFOLLOW``) and must be a regular file, so a
+    ``.lock`` planted as a link to a user's file can never be truncated; the PID is written only
+    once the lock is held. Call it only after the directory was found fit for the run.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / ".lock", "a+")
+    path = run_dir / ".lock"
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TrainError(f"{path} is a symbolic link: mobilecnn never writes through a link in a run "
+                             "directory; remove it or choose another --out") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TrainError(f"{path} is not a regular file; remove it or choose another --out")
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunLockedError(
-                f"{run_dir} is in use by another mobilecnn train (lock held on {run_dir / '.lock'}); "
+                f"{run_dir} is in use by another mobilecnn train (lock held on {path}); "
                 "wait for it to finish or choose another --out"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(OSError):
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        fh.close()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool) -> Path | None:
-    """Refuse a directory holding another run; return the checkpoint to resume from (or None)."""
+    """Refuse a directory holding another run; return the checkpoint to resume from (or None).
+
+    Read-only: it creates and changes nothing, so a refused command leaves nothing behind.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     config_file = run_dir / "config.json"
     ckpt = latest_checkpoint(run_dir)
     if config_file.is_file():
@@ -131,6 +164,8 @@ def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool) -> Pa
             previous = json.loads(config_file.read_text())
         except (OSError, ValueError) as exc:
             raise TrainError(f"{config_file} is unreadable ({exc}); choose another --out") from None
+        if not isinstance(previous, dict) or not isinstance(previous.get("identity", {}), dict):
+            raise TrainError(f"{config_file} is not the JSON object `mobilecnn train` writes; choose another --out")
         prev_id = previous.get("identity", {})
         mine = json.loads(json.dumps(identity))
         diff = [k for k in sorted(set(prev_id) | set(mine)) if prev_id.get(k) != mine.get(k)]

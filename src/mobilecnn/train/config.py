@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..data.images import MAX_RESOLUTION
 from ..errors import TrainError
 from ..models import get_model_entry
 
@@ -195,8 +196,8 @@ def _check(cfg: TrainConfig, s: TrainSettings) -> None:
         ("crop_padding", s.crop_padding, _is_int(s.crop_padding) and 0 <= s.crop_padding <= 256, "in [0, 256] pixels"),
         ("subset", cfg.subset, cfg.subset is None or (_is_int(cfg.subset) and cfg.subset >= 1), ">= 1"),
         ("val_subset", cfg.val_subset, cfg.val_subset is None or (_is_int(cfg.val_subset) and cfg.val_subset >= 1), ">= 1"),
-        ("resolution", cfg.resolution, cfg.resolution is None or (_is_int(cfg.resolution) and 1 <= cfg.resolution <= 4096),
-         "an integer in [1, 4096]"),
+        ("resolution", cfg.resolution, cfg.resolution is None or (_is_int(cfg.resolution) and 1 <= cfg.resolution <= MAX_RESOLUTION),
+         f"an integer in [1, {MAX_RESOLUTION}]"),
         ("seed", cfg.seed, _is_int(cfg.seed) and -2**63 <= cfg.seed < 2**64,
          "an integer in [-2**63, 2**64) (torch.manual_seed's range)"),
         ("checkpoint_every", cfg.checkpoint_every, _is_int(cfg.checkpoint_every) and cfg.checkpoint_every >= 1, ">= 1 steps"),

@@ -204,8 +204,8 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
     return in_epoch, False
 
 
-def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback,
-           resume_from: Path | None) -> tuple[_Run, Batches, dict[str, Any]]:
+def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback
+           ) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
     s = settings
     train_loader, val_loader, info = load_data(
         cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution, batch_size=s.batch_size // ddp.world_size,
@@ -217,6 +217,11 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
                          **cfg.model_kwargs)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    side = -(-info.resolution // getattr(model, "total_stride", 1))
+    if (s.batch_size // ddp.world_size) * side * side < 2:
+        raise TrainError(f"a batch of {s.batch_size // ddp.world_size} image(s) per process at {info.resolution} px "
+                         f"leaves BatchNorm one value per channel in the last stage ({side}x{side}); use "
+                         "--batch-size >= 2 or a larger --resolution")
     steps_per_epoch = len(train_loader)
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     optimizer = make_optimizer(s.recipe.optimizer, param_groups(model, s.weight_decay), s.lr, s.recipe.momentum)
@@ -238,8 +243,6 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         "config": json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, out=s.out)))),
         "settings": record_settings,
     }
-    if ddp.main:
-        write_config(run_dir, config_record)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp.world_size > 1 else model
     run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
                criterion=nn.CrossEntropyLoss(label_smoothing=s.label_smoothing), train_loader=train_loader, info=info,
@@ -249,7 +252,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
                # makes every weight file self-describing (predict/export from a lone .safetensors)
                weights_metadata={"data": json.dumps(info.to_dict()), "model_kwargs": json.dumps(cfg.model_kwargs)},
                notify=notify)
-    return run, val_loader, record_settings
+    return run, val_loader, record_settings, config_record
 
 
 def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, stats: EpochStats, finished: bool,
@@ -301,13 +304,20 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
     run_dir = Path(settings.out)
     notify: Callback = callback if (callback and ddp.main) else (lambda event, info: None)
 
+    # Read-only checks first: a refused command (a directory holding another run, a file, a data error)
+    # leaves nothing behind. Only then is the directory created and locked, and the checks repeated
+    # under the lock (another process may have started in between).
+    if ddp.main:
+        prepare_run_dir(cfg.identity(), run_dir, cfg.resume)
+    run, val_loader, record_settings, config_record = _setup(cfg, settings, ddp, run_dir, notify)
     with run_lock(run_dir) if ddp.main else contextlib.nullcontext():
         resume_from = prepare_run_dir(cfg.identity(), run_dir, cfg.resume) if ddp.main else None
         if ddp.world_size > 1:  # every rank resumes from what rank 0 found
             box = [str(resume_from) if resume_from else ""]
             dist.broadcast_object_list(box, src=0)
             resume_from = Path(box[0]) if box[0] else None
-        run, val_loader, record_settings = _setup(cfg, settings, ddp, run_dir, notify, resume_from)
+        if ddp.main:
+            write_config(run_dir, config_record)
 
         start_epoch, start_in_epoch, stats = 0, 0, EpochStats()
         if resume_from is not None:
