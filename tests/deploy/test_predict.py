@@ -28,7 +28,7 @@ def photos(tmp_path_factory):
 
 def test_predict_real_photos_any_mode(tiny_run, photos):
     predictor = load_predictor(tiny_run)
-    assert predictor.in_chans == 1 and predictor.resolution == 32
+    assert predictor.preprocessing.in_chans == 1 and predictor.preprocessing.resolution == 32
     results = predict_files([photos], predictor, topk=3)
     assert len(results) == 7 and all(r.error is None for r in results)
     for r in results:

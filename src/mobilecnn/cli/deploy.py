@@ -53,12 +53,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     count, failed, records = 0, 0, []
     for r in iter_predictions(args.images, predictor, topk=args.topk):
         count += 1
+        if args.json:
+            records.append(r.to_dict())
         if r.error:
             failed += 1
             error(r.error)
-        elif args.json:
-            records.append(r.to_dict())
-        else:
+        elif not args.json:
             best = ", ".join(f"{safe(label)} {p:.1%}" for label, p in r.top)
             out(f"{safe(r.path)}: {best}")
     if count == 0:
