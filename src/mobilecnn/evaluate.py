@@ -38,8 +38,11 @@ def evaluate_run(
         dataset = data
     else:
         dataset, data_dir = locate_dataset(loaded.data.get("name") or "fashion-mnist", data_dir)
+    # a fine-tuned run normalises with the preprocessing it was trained with (its init weights')
+    pre = loaded.data.get("preprocessing") if not data else None
     _, val_loader, info = load_data(dataset, data_dir=data_dir, resolution=loaded.data.get("resolution"),
-                                    batch_size=1, eval_batch_size=batch_size, val_subset=subset, workers=workers)
+                                    batch_size=1, eval_batch_size=batch_size, val_subset=subset, workers=workers,
+                                    preprocessing=pre)
     if info.num_classes != loaded.model.num_classes:
         raise CheckpointError(
             f"{loaded.weights_file} was trained for {loaded.model.num_classes} classes but {info.name} has "

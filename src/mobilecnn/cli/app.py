@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from .. import __version__
 from ..errors import exit_code
 from . import deploy, models, training
+from . import weights as weights_cli
 from .console import err, error
 
 __all__ = ["main", "build_parser"]
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     training.add_parsers(sub)
     deploy.add_parsers(sub)
+    weights_cli.add_parsers(sub)
     return parser
 
 

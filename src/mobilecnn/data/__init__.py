@@ -58,15 +58,19 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
               batch_size: int = 128, eval_batch_size: int | None = None, seed: int = 0,
               subset: int | None = None, val_subset: int | None = None, rank: int = 0, world_size: int = 1,
               workers: int = 2, on_corrupt: str = "skip", channels_last: bool = False, grayscale: bool = False,
-              device: str | torch.device | None = None, crop_padding: int = 4
-              ) -> tuple[Batches, Batches, DataInfo]:
+              device: str | torch.device | None = None, crop_padding: int = 4,
+              preprocessing: Preprocessing | dict | None = None) -> tuple[Batches, Batches, DataInfo]:
     """Build ``(train_batches, val_batches, info)`` for ``data``.
 
     ``data``: "fashion-mnist", "cifar10", "cifar100", or a folder with ``train/`` and ``val/`` class
     folders. ``batch_size`` is per process; ``subset`` / ``val_subset`` take a seeded random subset;
     ``device`` (in-memory datasets only) keeps the data on that device and augments there.
-    Raises :class:`DataError` for any problem with the data or the arguments.
+    ``preprocessing`` (image folders only): normalise with it instead of the folder's statistics (the
+    preprocessing of imported weights being fine-tuned). Raises :class:`DataError` for any problem with
+    the data or the arguments.
     """
+    if isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
     check_batch_args(batch_size, rank, world_size)
     if on_corrupt not in ("skip", "error"):
         raise DataError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
@@ -74,6 +78,9 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
         raise DataError(f"resolution must be a positive number of pixels, got {resolution}")
     eval_bs = int(eval_batch_size) if eval_batch_size else max(int(batch_size), 256)
     name = _normalise_name(str(data))
+    if name and preprocessing is not None:
+        raise DataError(f"{name} is normalised with its own statistics; weights that expect their own preprocessing "
+                        "(imported weights) need an image folder (train/ and val/ class folders)")
     if name:
         return load_tensor_dataset(name, data_dir=data_dir, resolution=resolution or 32,
                                     batch_size=batch_size, eval_batch_size=eval_bs, seed=seed, subset=subset,
@@ -92,4 +99,4 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
     return load_folder(root, resolution=resolution or 224, batch_size=batch_size, eval_batch_size=eval_bs,
                         seed=seed, subset=subset, val_subset=val_subset, rank=rank, world_size=world_size,
                         workers=workers, on_corrupt=on_corrupt, channels_last=channels_last,
-                        grayscale=grayscale)
+                        grayscale=grayscale, preprocessing=preprocessing)

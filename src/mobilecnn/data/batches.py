@@ -34,6 +34,9 @@ class DataInfo:
     resolution: int
     train_size: int
     val_size: int
+    #: a Preprocessing dict when the normalisation is not the dataset's own statistics (fine-tuning
+    #: imported weights: their preprocessing); absent from ``to_dict()`` otherwise
+    preprocessing: dict | None = None
 
     @property
     def source(self) -> str:
@@ -46,6 +49,8 @@ class DataInfo:
         d["mean"] = [float(m) for m in self.mean]
         d["std"] = [float(s) for s in self.std]
         d["class_names"] = list(self.class_names)
+        if d.get("preprocessing") is None:
+            d.pop("preprocessing", None)
         return d
 
 

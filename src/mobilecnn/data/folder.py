@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -183,7 +184,8 @@ class FolderBatches:
     def __init__(self, samples: Sequence[tuple[str, int]], batch_size: int, *, train: bool, resolution: int,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 2, on_corrupt: str = "skip", grayscale: bool = False,
-                 channels_last: bool = False, verify: bool = True, skipped: Sequence[str] = ()) -> None:
+                 channels_last: bool = False, verify: bool = True, skipped: Sequence[str] = (),
+                 preprocessing: Preprocessing | None = None) -> None:
         check_batch_args(batch_size, rank, world_size)
         if on_corrupt not in ("skip", "error"):
             raise DataError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
@@ -210,7 +212,8 @@ class FolderBatches:
         self.samples = samples
         c = 1 if self.grayscale else 3
         r = self.resolution
-        self.preprocessing = Preprocessing(r, c, tuple(mean), tuple(std), resize="center_crop")
+        self.preprocessing = Preprocessing(r, c, tuple(mean), tuple(std), resize="center_crop") if preprocessing is None \
+            else dataclasses.replace(preprocessing, resolution=r, in_chans=c, resize="center_crop")
         self.mean, self.std = self.preprocessing.mean, self.preprocessing.std
         transform = _TrainTransform(self.preprocessing) if self.train else self.preprocessing
         self._dataset = _FolderDataset(samples, transform, self.seed, self.grayscale,
@@ -302,7 +305,8 @@ def _folder_stats(paths: tuple[str, ...], grayscale: bool) -> tuple[tuple[float,
 
 def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size: int, seed: int,
                  subset: int | None, val_subset: int | None, rank: int, world_size: int, workers: int,
-                 on_corrupt: str, channels_last: bool, grayscale: bool) -> tuple[Batches, Batches, DataInfo]:
+                 on_corrupt: str, channels_last: bool, grayscale: bool,
+                 preprocessing: Preprocessing | None = None) -> tuple[Batches, Batches, DataInfo]:
     tr_samples, classes = scan_image_folder(root / "train")
     te_samples, te_classes = scan_image_folder(root / "val")
     if classes != te_classes:
@@ -327,7 +331,10 @@ def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size
         splits[split] = (samples, [p for p, _ in bad])
     tr_samples, tr_bad = splits["train"]
     te_samples, te_bad = splits["val"]
-    mean, std, failed = _folder_stats(tuple(p for p, _ in tr_samples), bool(grayscale))
+    if preprocessing is None:
+        mean, std, failed = _folder_stats(tuple(p for p, _ in tr_samples), bool(grayscale))
+    else:  # given (fine-tuning imported weights): the weights' normalisation, not this folder's statistics
+        mean, std, failed = preprocessing.mean, preprocessing.std, ()
     if failed:  # passed verify but does not decode
         if on_corrupt == "error":
             raise _corrupt_error(failed[0], "cannot be decoded")
@@ -346,10 +353,11 @@ def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size
     check_global_batch(batch_size, world_size, len(tr_samples))
     common = dict(resolution=resolution, mean=mean, std=std, seed=seed, rank=rank, world_size=world_size,
                   workers=workers, on_corrupt=on_corrupt, grayscale=grayscale, channels_last=channels_last,
-                  verify=False)
+                  verify=False, preprocessing=preprocessing)
     train = FolderBatches(tr_samples, batch_size, train=True, skipped=tr_bad, **common)
     val = FolderBatches(te_samples, eval_batch_size, train=False, skipped=te_bad, **common)
     info = DataInfo(name=f"{FOLDER_PREFIX}{root.resolve()}", num_classes=len(classes), class_names=list(classes),
                     in_chans=1 if grayscale else 3, mean=tuple(mean), std=tuple(std), resolution=resolution,
-                    train_size=len(tr_samples), val_size=len(te_samples))
+                    train_size=len(tr_samples), val_size=len(te_samples),
+                    preprocessing=None if preprocessing is None else train.preprocessing.to_dict())
     return train, val, info

@@ -11,6 +11,8 @@ through this module, so a model sees in production exactly the pixels it was eva
   ``resize="square"`` (the small in-memory datasets: bilinear resize of the whole image to R x R,
   antialiased when shrinking) or ``resize="center_crop"`` (image folders: shorter side to
   ``int(R / crop_fraction)``, then the central R x R), then ``(x * scale - mean) / std`` per channel.
+  ``channel_order="BGR"`` (imported megvii weights) reverses the decoded RGB channels before that;
+  ``mean`` and ``std`` are then given in the model's (BGR) order.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ RASTER_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP", "TIFF", "PPM")  # 
 #: Largest input side any preprocessing accepts: larger values in a sidecar are a typo or an attack.
 MAX_RESOLUTION = 2048
 RESIZE_MODES = ("square", "center_crop")
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 def is_image_name(name: str) -> bool:
@@ -133,6 +136,7 @@ class Preprocessing:
     resize: str = "square"
     crop_fraction: float = 0.875
     scale: float = 1.0 / 255.0
+    channel_order: str = "RGB"
 
     def __post_init__(self) -> None:
         for name, value, lo, hi in (("resolution", self.resolution, 1, MAX_RESOLUTION), ("in_chans", self.in_chans, 1, 4)):
@@ -149,6 +153,11 @@ class Preprocessing:
         for name, value in (("crop_fraction", self.crop_fraction), ("scale", self.scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
                 raise DataError(f"preprocessing {name} must be a number in (0, 1], got {value!r}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise DataError(f"preprocessing channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got "
+                            f"{self.channel_order!r}")
+        if self.channel_order == "BGR" and self.in_chans != 3:
+            raise DataError("preprocessing channel_order BGR needs in_chans=3")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "preprocessing") -> "Preprocessing":
@@ -198,6 +207,8 @@ class Preprocessing:
         shape = (-1, 1, 1) if images.dim() == 3 else (1, -1, 1, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(shape)
         std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(shape)
+        if self.channel_order == "BGR":
+            images = images.flip(-3)
         return (images.to(torch.float32) * self.scale - mean) / std
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:

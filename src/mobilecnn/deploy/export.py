@@ -422,12 +422,14 @@ def _report(path: Path, fmt: str, int8: bool, max_abs: float, rel: float, agreem
 
 
 def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
-                  with_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``count`` preprocessed real images (and labels) of a dataset split ("train" or "val")."""
+                  with_labels: bool = False, preprocessing: Preprocessing | dict | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``count`` preprocessed real images (and labels) of a dataset split ("train" or "val");
+    ``preprocessing``: a fine-tuned run's own (see :func:`mobilecnn.data.load_data`)."""
     # batch 1 for the training split: any dataset with at least one image can be sampled
     train_loader, val_loader, _ = load_data(data, data_dir=data_dir, resolution=resolution, batch_size=1,
                                             eval_batch_size=256, seed=seed, val_subset=count if split == "val" else None,
-                                            workers=0)
+                                            workers=0, preprocessing=preprocessing)
     loader = val_loader if split == "val" else train_loader
     xs, ys, n = [], [], 0
     for x, y in loader.batches(0):
@@ -467,12 +469,14 @@ def export_run(
         base = loaded.run_dir if loaded.run_dir is not None else Path(run).parent
         out = Path(base) / "export" / f"{loaded.model_name}{'_int8' if int8 else ''}{fmt_info.suffix}"
     out = Path(out)
+    own = info.get("preprocessing")  # a fine-tuned run: its init weights' normalisation
     verify, verify_labels = sample_images(dataset, data_dir=data_dir, resolution=resolution, split="val",
-                                          count=check_count if int8 else 256)
+                                          count=check_count if int8 else 256, preprocessing=own)
     calibration = None
     if int8:
         calibration, _ = sample_images(calibration_data or dataset, data_dir=data_dir, resolution=resolution,
-                                       split="train", count=calibration_count)
+                                       split="train", count=calibration_count,
+                                       preprocessing=own)
     sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
                "format": fmt, "int8": int8, "data": info, "preprocessing": preprocessing.to_dict()}
     notes = []

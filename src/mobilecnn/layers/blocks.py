@@ -24,9 +24,34 @@ __all__ = [
     "InvertedResidual",
     "ShuffleNetUnit",
     "make_divisible",
+    "PADDINGS",
+    "tf_same_pad",
 ]
 
 ActFactory = Callable[[], nn.Module] | None
+
+#: ``"symmetric"``: ``(k - 1) // 2`` on every side (the papers' PyTorch form, the default);
+#: ``"tf_same"``: TensorFlow "SAME" on strided convs (the odd pixel of padding goes right/bottom: 0
+#: before and 1 after for a 3x3 stride-2 conv on an even side), what the Keras/TF-slim weights expect.
+PADDINGS = ("symmetric", "tf_same")
+
+
+def tf_same_pad(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """Zero-pad ``x`` as TensorFlow "SAME" does before a ``kernel_size`` / ``stride`` conv: total
+    ``max((ceil(H / s) - 1) * s + k - H, 0)`` per side pair, the larger half after (right/bottom)."""
+    pads = []
+    for size in (int(x.shape[-1]), int(x.shape[-2])):  # F.pad order: (left, right, top, bottom)
+        total = max((-(-size // stride) - 1) * stride + kernel_size - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads) if any(pads) else x
+
+
+def check_arch_options(owner: str, padding: str, bn_eps: float) -> None:
+    """Refuse an unknown ``padding`` or a BN epsilon that is not a small positive number."""
+    if padding not in PADDINGS:
+        raise ValueError(f"{owner}: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    if isinstance(bn_eps, bool) or not isinstance(bn_eps, (int, float)) or not 0 < bn_eps < 1:
+        raise ValueError(f"{owner}: bn_eps must be a number in (0, 1), got {bn_eps!r}")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -49,6 +74,9 @@ class ConvBNAct(nn.Sequential):
 
     ``act=None`` leaves the output linear (MobileNetV2's projection, ShuffleNet's last 1x1).
     Children are named ``conv``, ``bn`` and ``act`` so BN folding and quantization find them.
+    ``padding="tf_same"`` pads strided convs as TensorFlow does (see :data:`PADDINGS`; done in
+    :meth:`forward`, so the state_dict keys are the same); ``bn_eps`` is the BatchNorm epsilon
+    (1e-5, PyTorch's; the Keras/TF weights were trained with 1e-3).
     """
 
     def __init__(
@@ -59,7 +87,10 @@ class ConvBNAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         act: ActFactory = nn.ReLU,
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
     ) -> None:
+        check_arch_options("ConvBNAct", padding, bn_eps)
         for arg, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ConvBNAct: {arg} must be a positive integer, got {value!r}")
@@ -70,17 +101,26 @@ class ConvBNAct(nn.Sequential):
             )
         if stride not in (1, 2):
             raise ValueError(f"ConvBNAct: stride must be 1 or 2, got {stride!r}")
+        # TF "SAME" equals the symmetric padding at stride 1 (odd kernels): only strided convs differ
+        tf_same = padding == "tf_same" and stride > 1
         layers: dict[str, nn.Module] = {
             "conv": nn.Conv2d(
-                in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False
+                in_channels, out_channels, kernel_size, stride, 0 if tf_same else (kernel_size - 1) // 2,
+                groups=groups, bias=False
             ),
-            "bn": nn.BatchNorm2d(out_channels),
+            "bn": nn.BatchNorm2d(out_channels) if bn_eps == 1e-5 else nn.BatchNorm2d(out_channels, eps=bn_eps),
         }
         if act is not None:
             layers["act"] = act()
         super().__init__()
         for name, layer in layers.items():
             self.add_module(name, layer)
+        self.tf_same = (kernel_size, stride) if tf_same else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tf_same is not None:
+            x = tf_same_pad(x, *self.tf_same)
+        return super().forward(x)
 
 
 def group_pointwise_conv(in_channels: int, out_channels: int, groups: int, act: ActFactory = nn.ReLU) -> ConvBNAct:
@@ -104,11 +144,13 @@ class DepthwiseSeparableConv(nn.Module):
     """
 
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: ActFactory = nn.ReLU) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, act: ActFactory = nn.ReLU,
+                 padding: str = "symmetric", bn_eps: float = 1e-5) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels, act=act)
-        self.pointwise = ConvBNAct(in_channels, out_channels, 1, act=act)
+        self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels, act=act, padding=padding,
+                                   bn_eps=bn_eps)
+        self.pointwise = ConvBNAct(in_channels, out_channels, 1, act=act, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
@@ -122,7 +164,8 @@ class InvertedResidual(nn.Module):
     """
 
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, act: ActFactory = nn.ReLU6) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, act: ActFactory = nn.ReLU6,
+                 padding: str = "symmetric", bn_eps: float = 1e-5) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride!r}")
@@ -133,9 +176,9 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(ConvBNAct(in_channels, hidden, 1, act=act))
-        layers.append(ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=act))
-        layers.append(ConvBNAct(hidden, out_channels, 1, act=None))
+            layers.append(ConvBNAct(in_channels, hidden, 1, act=act, bn_eps=bn_eps))
+        layers.append(ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=act, padding=padding, bn_eps=bn_eps))
+        layers.append(ConvBNAct(hidden, out_channels, 1, act=None, bn_eps=bn_eps))
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

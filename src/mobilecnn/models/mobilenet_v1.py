@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import ConvBNAct, DepthwiseSeparableConv
+from ..layers.blocks import check_arch_options
 from .base import ClassifierNet, check_width, init_weights
 from .published import Published
 from .registry import register_model
@@ -16,6 +17,8 @@ from .registry import register_model
 __all__ = ["MobileNetV1", "BLOCKS"]
 
 STEM_CHANNELS = 32
+#: ``act``: ReLU as in the paper (Figure 3); ReLU6 is what the TF-slim/Keras and timm weights were trained with.
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 #: Table 1: (output channels, stride) of the 13 depthwise separable blocks.
 BLOCKS: list[tuple[int, int]] = [
     (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -33,9 +36,12 @@ class MobileNetV1(ClassifierNet):
 
     def __init__(
         self, alpha: float = 1.0, num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-        dropout: float = 0.0,
+        dropout: float = 0.0, act: str = "relu", padding: str = "symmetric", bn_eps: float = 1e-5,
     ) -> None:
         owner = f"MobileNet V1 (width {alpha})"
+        check_arch_options(owner, padding, bn_eps)
+        if act not in ACTIVATIONS:
+            raise ValueError(f"{owner}: act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
         alpha = check_width(owner, "alpha", alpha)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -45,14 +51,17 @@ class MobileNetV1(ClassifierNet):
             return max(1, int(c * alpha))
 
         self.alpha = alpha
+        #: options that change the function but not the weights' shapes (imported weights: docs/pretrained.md)
+        self.arch = {"act": act, "padding": padding, "bn_eps": float(bn_eps)}
+        arch = {"act": ACTIVATIONS[act], "padding": padding, "bn_eps": bn_eps}
         in_ch = scaled(STEM_CHANNELS)
-        layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2)]
+        layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2, **arch)]
         first_downsample = True
         for c, s in BLOCKS:
             if s == 2 and first_downsample:
                 first_downsample = False
                 s = 1 if small_input else 2
-            layers.append(DepthwiseSeparableConv(in_ch, scaled(c), s))
+            layers.append(DepthwiseSeparableConv(in_ch, scaled(c), s, **arch))
             in_ch = scaled(c)
         self.features = nn.Sequential(*layers)
         self.num_features = in_ch
@@ -65,27 +74,31 @@ class MobileNetV1(ClassifierNet):
 
 @register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 41}, params=0.5, top1_error=49.4))
 def mobilenet_v1_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.0) -> MobileNetV1:
+                     dropout: float = 0.0, act: str = "relu", padding: str = "symmetric",
+                     bn_eps: float = 1e-5) -> MobileNetV1:
     """MobileNet V1 width 0.25."""
-    return MobileNetV1(0.25, num_classes, in_chans, small_input, dropout)
+    return MobileNetV1(0.25, num_classes, in_chans, small_input, dropout, act, padding, bn_eps)
 
 
 @register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 149}, params=1.3, top1_error=36.3))
 def mobilenet_v1_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.0) -> MobileNetV1:
+                     dropout: float = 0.0, act: str = "relu", padding: str = "symmetric",
+                     bn_eps: float = 1e-5) -> MobileNetV1:
     """MobileNet V1 width 0.5."""
-    return MobileNetV1(0.5, num_classes, in_chans, small_input, dropout)
+    return MobileNetV1(0.5, num_classes, in_chans, small_input, dropout, act, padding, bn_eps)
 
 
 @register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 325}, params=2.6, top1_error=31.6))
 def mobilenet_v1_x0_75(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.0) -> MobileNetV1:
+                     dropout: float = 0.0, act: str = "relu", padding: str = "symmetric",
+                     bn_eps: float = 1e-5) -> MobileNetV1:
     """MobileNet V1 width 0.75."""
-    return MobileNetV1(0.75, num_classes, in_chans, small_input, dropout)
+    return MobileNetV1(0.75, num_classes, in_chans, small_input, dropout, act, padding, bn_eps)
 
 
 @register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 569, 192: 418, 160: 290, 128: 186}, params=4.2, top1_error=29.4))
 def mobilenet_v1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.0) -> MobileNetV1:
+                     dropout: float = 0.0, act: str = "relu", padding: str = "symmetric",
+                     bn_eps: float = 1e-5) -> MobileNetV1:
     """MobileNet V1 width 1."""
-    return MobileNetV1(1.0, num_classes, in_chans, small_input, dropout)
+    return MobileNetV1(1.0, num_classes, in_chans, small_input, dropout, act, padding, bn_eps)

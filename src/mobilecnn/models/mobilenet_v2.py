@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
+from ..layers.blocks import check_arch_options
 from .base import ClassifierNet, check_width, init_weights
 from .published import Published
 from .registry import register_model
@@ -45,16 +46,22 @@ class MobileNetV2(ClassifierNet):
         in_chans: int = 3,
         small_input: bool = False,
         dropout: float = 0.2,
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
     ) -> None:
         owner = f"MobileNetV2 (width {width_mult})"
+        check_arch_options(owner, padding, bn_eps)
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
         width_mult = check_width(owner, "width_mult", width_mult)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
         self.width_mult = width_mult
+        #: options that change the function but not the weights' shapes (imported weights: docs/pretrained.md)
+        self.arch = {"padding": padding, "bn_eps": float(bn_eps)}
+        arch = {"padding": padding, "bn_eps": bn_eps}
         in_ch = make_divisible(STEM_CHANNELS * width_mult)
         last = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
-        layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2, act=nn.ReLU6)]
+        layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2, act=nn.ReLU6, **arch)]
         first_downsample_done = False
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             out_ch = make_divisible(c * width_mult)
@@ -63,9 +70,9 @@ class MobileNetV2(ClassifierNet):
                 if small_input:
                     s = 1
             for i in range(n):
-                layers.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t))
+                layers.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, **arch))
                 in_ch = out_ch
-        layers.append(ConvBNAct(in_ch, last, 1, act=nn.ReLU6))
+        layers.append(ConvBNAct(in_ch, last, 1, act=nn.ReLU6, bn_eps=bn_eps))
         self.features = nn.Sequential(*layers)
         self.num_features = last
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
@@ -85,41 +92,41 @@ def _published(madds: list[int], params: float | None = None, top1_error: float 
 
 @register_model("mobilenet_v2", _published([59, 43, 30, 20, 11]))
 def mobilenet_v2_x0_35(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.2) -> MobileNetV2:
+                     dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 0.35."""
-    return MobileNetV2(0.35, num_classes, in_chans, small_input, dropout)
+    return MobileNetV2(0.35, num_classes, in_chans, small_input, dropout, padding, bn_eps)
 
 
 @register_model("mobilenet_v2", _published([97, 71, 50, 32, 18]))
 def mobilenet_v2_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.2) -> MobileNetV2:
+                     dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 0.5."""
-    return MobileNetV2(0.5, num_classes, in_chans, small_input, dropout)
+    return MobileNetV2(0.5, num_classes, in_chans, small_input, dropout, padding, bn_eps)
 
 
 @register_model("mobilenet_v2", _published([209, 153, 107, 69, 39]))
 def mobilenet_v2_x0_75(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.2) -> MobileNetV2:
+                     dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 0.75."""
-    return MobileNetV2(0.75, num_classes, in_chans, small_input, dropout)
+    return MobileNetV2(0.75, num_classes, in_chans, small_input, dropout, padding, bn_eps)
 
 
 @register_model("mobilenet_v2", _published([300, 221, 154, 99, 56], params=3.47, top1_error=28.0))  # Table 4: 72.0% top-1
 def mobilenet_v2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.2) -> MobileNetV2:
+                     dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 1."""
-    return MobileNetV2(1.0, num_classes, in_chans, small_input, dropout)
+    return MobileNetV2(1.0, num_classes, in_chans, small_input, dropout, padding, bn_eps)
 
 
 @register_model("mobilenet_v2", _published([509]))
 def mobilenet_v2_x1_3(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.2) -> MobileNetV2:
+                     dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 1.3."""
-    return MobileNetV2(1.3, num_classes, in_chans, small_input, dropout)
+    return MobileNetV2(1.3, num_classes, in_chans, small_input, dropout, padding, bn_eps)
 
 
 @register_model("mobilenet_v2", _published([582], params=6.06, top1_error=25.3))  # Table 4: 74.7% top-1
 def mobilenet_v2_x1_4(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                     dropout: float = 0.2) -> MobileNetV2:
+                     dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 1.4."""
-    return MobileNetV2(1.4, num_classes, in_chans, small_input, dropout)
+    return MobileNetV2(1.4, num_classes, in_chans, small_input, dropout, padding, bn_eps)

@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 from torch import nn
 
 from ..errors import UnknownModelError
-from ..runs.checkpoints import load_weights
+from ..runs.checkpoints import described_model, load_weights
 from .published import Published
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_model_entry", "published"]
@@ -78,19 +78,31 @@ def published(name: str) -> Published | None:
 def create_model(
     name: str,
     weights: str | os.PathLike | None = None,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    small_input: bool = False,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    small_input: bool | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally loading ``weights`` (a safetensors file).
 
     ``small_input=True`` selects the stem for 28-64 px images (stride-1 stem, total stride 8);
     ``in_chans=1`` for grayscale. Extra keyword arguments go to the family's builder (e.g.
-    ``shuffle=False`` for ShuffleNet, ``dropout``). The weights must fit the built model exactly.
+    ``shuffle=False`` for ShuffleNet, ``dropout``, ``padding="tf_same"``, ``bn_eps``, MobileNet V1's
+    ``act``). The weights must fit the built model exactly. Arguments not given default to what the
+    weights file's metadata records (a file from ``mobilecnn weights import`` or ``train``: class count,
+    input channels, stem and the architecture options), else to 1000 classes, 3 channels, the 224 px stem.
     """
     entry = get_model_entry(name)
     params = inspect.signature(entry.builder).parameters
+    if weights is not None:
+        described = described_model(weights)
+        num_classes = described.get("num_classes", 1000) if num_classes is None else num_classes
+        in_chans = described.get("in_chans", 3) if in_chans is None else in_chans
+        small_input = described.get("small_input", False) if small_input is None else small_input
+        kwargs = {**{k: v for k, v in described.get("model_kwargs", {}).items() if k in params}, **kwargs}
+    num_classes = 1000 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
+    small_input = False if small_input is None else small_input
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         accepted = [p for p in params if p not in ("num_classes", "in_chans", "small_input")]
@@ -100,6 +112,7 @@ def create_model(
         )
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, small_input=small_input, **kwargs)
     model.model_name = name
+    model.model_kwargs = dict(kwargs)  # recorded in saved weights' metadata (runs/checkpoints.py)
     if weights is not None:
         load_weights(weights, model)
     return model

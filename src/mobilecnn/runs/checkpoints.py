@@ -35,6 +35,7 @@ __all__ = [
     "load_weights",
     "check_state_fits",
     "read_metadata",
+    "described_model",
     "save_training_checkpoint",
     "latest_checkpoint",
     "load_training_state",
@@ -44,14 +45,41 @@ LATEST = "LATEST"
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
-    """What identifies a model's weights: registry name, class count, input channels, stem."""
-    return {
+    """What identifies a model's weights: registry name, class count, input channels, stem, and the
+    architecture options (``padding``, ``bn_eps``, ``act``) when they are not the defaults."""
+    meta = {
         "format": "mobilecnn",
         "model": str(getattr(model, "model_name", type(model).__name__)),
         "num_classes": str(getattr(model, "num_classes", "")),
         "in_chans": str(getattr(model, "in_chans", "")),
         "small_input": str(getattr(model, "small_input", "")),
     }
+    if getattr(model, "model_kwargs", None):
+        meta["model_kwargs"] = json.dumps(model.model_kwargs, sort_keys=True)
+    return meta
+
+
+def described_model(path: str | Path) -> dict[str, Any]:
+    """What a weights file's metadata says about the model it fits: ``model``, ``num_classes``,
+    ``in_chans``, ``small_input`` and ``model_kwargs`` (architecture options such as ``padding``,
+    ``bn_eps``, ``act``), each only when recorded. Errors name the file."""
+    meta = read_metadata(path)
+    out: dict[str, Any] = {}
+    try:
+        if meta.get("model"):
+            out["model"] = meta["model"]
+        for key in ("num_classes", "in_chans"):
+            if meta.get(key):
+                out[key] = int(meta[key])
+        if meta.get("small_input") in ("True", "False"):
+            out["small_input"] = meta["small_input"] == "True"
+        kwargs = json.loads(meta.get("model_kwargs") or "{}")
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: unreadable model description in its metadata ({exc})") from None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: model_kwargs in its metadata is not an object")
+    out["model_kwargs"] = kwargs
+    return out
 
 
 def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,6 +140,16 @@ def load_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, 
                     f"{mine['model']} (num_classes={mine['num_classes']}, in_chans={mine['in_chans']}, "
                     f"small_input={mine['small_input']}): the {what} differs"
                 )
+        arch = getattr(model, "arch", None) or {}
+        try:
+            recorded = json.loads(meta.get("model_kwargs") or "{}")
+        except ValueError:
+            recorded = {}
+        differ = [k for k, v in (recorded.items() if isinstance(recorded, dict) else ()) if k in arch and arch[k] != v]
+        if differ:  # same shapes, another function (e.g. Keras weights without TF padding): refuse
+            shown = ", ".join(f"{k}={recorded[k]!r} in the file vs {arch[k]!r}" for k in differ)
+            raise CheckpointError(f"{path} was made for {meta.get('model')} with {shown} in the model; build it with "
+                                  f"create_model({meta.get('model')!r}, weights=...) and the file's own options")
         check_state_fits(state, model, path)
         model.load_state_dict(state)
     return state

@@ -106,13 +106,32 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     crop_padding: int | None = field(default=None, metadata=cli("random-crop padding in pixels (small datasets)"))
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # fine-tuning (docs/pretrained.md)
+    init: str | None = field(default=None, metadata=cli(
+        "start from these weights (a .safetensors from `mobilecnn weights import` or `train`); a new classifier "
+        "when the class count differs; training then uses the weights' own preprocessing"))
+    freeze_backbone: bool = field(default=False, metadata=cli(
+        "train the classifier only (backbone parameters and BN statistics frozen)"))
+    backbone_lr_scale: float = field(default=1.0, metadata=cli(
+        "learning rate of everything but the classifier, as a fraction of --lr"))
+    freeze_bn: bool = field(default=False, metadata=cli(
+        "keep BN running statistics fixed (BN layers in eval mode while training; no BN recalibration)"))
 
     def identity(self) -> dict[str, Any]:
         """The settings that define a run; resuming with different ones is refused."""
         keys = ("model", "data", "recipe", "batch_size", "lr", "weight_decay", "schedule", "warmup", "label_smoothing",
                 "ema", "seed", "subset", "resolution", "small_input", "amp", "channels_last", "model_kwargs", "epochs",
                 "crop_padding")
-        return {k: getattr(self, k) for k in keys}
+        identity = {k: getattr(self, k) for k in keys}
+        # fine-tuning settings only when used, so the identity of every other run is unchanged
+        for key, default in (("init", None), ("freeze_backbone", False), ("backbone_lr_scale", 1.0), ("freeze_bn", False)):
+            if getattr(self, key) != default:
+                identity[key] = getattr(self, key)
+        if self.init is not None:
+            from .finetune import init_fingerprint
+
+            identity["init_sha256"] = init_fingerprint(self.init)
+        return identity
 
 
 @dataclass(frozen=True)
@@ -164,7 +183,8 @@ def resolve(cfg: TrainConfig) -> TrainSettings:
         warmup_epochs=_pick(cfg.warmup, recipe.warmup_epochs),
         label_smoothing=_pick(cfg.label_smoothing, recipe.label_smoothing),
         ema=_pick(cfg.ema, recipe.ema),
-        bn_recalibration=_pick(cfg.bn_recalibration, recipe.bn_recalibration),
+        bn_recalibration=_pick(cfg.bn_recalibration,
+                               recipe.bn_recalibration and not (cfg.freeze_bn or cfg.freeze_backbone)),
         crop_padding=_pick(cfg.crop_padding, recipe.crop_padding),
         out=_pick(cfg.out, f"runs/{cfg.model}"),
     )
@@ -205,6 +225,10 @@ def _check(cfg: TrainConfig, s: TrainSettings) -> None:
         ("on_corrupt", cfg.on_corrupt, cfg.on_corrupt in ("skip", "error"), "'skip' or 'error'"),
         ("threads", cfg.threads, cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= cpus),
          f"an integer from 1 to the {cpus} CPU(s) available"),
+        ("backbone_lr_scale", cfg.backbone_lr_scale, _is_number(cfg.backbone_lr_scale) and 0 < cfg.backbone_lr_scale <= 1e3,
+         "a number > 0 (use --freeze-backbone for 0)"),
+        ("init", cfg.init, cfg.init is None or (isinstance(cfg.init, str) and os.path.isfile(cfg.init)),
+         "an existing weights file"),
     ]
     for name, value, ok, accepted in checks:
         if not ok:

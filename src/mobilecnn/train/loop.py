@@ -34,6 +34,7 @@ from ..runs.checkpoints import latest_checkpoint, load_training_state, save_trai
 from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
 from .config import TrainConfig, TrainSettings, resolve
 from .distributed import DistContext, default_threads, init_distributed
+from .finetune import build_initialized, finetune_param_groups, freeze_backbone_, freeze_batchnorm_, read_init
 from .optim import ModelEma, learning_rate, make_optimizer, param_groups, recalibrate_batchnorm
 
 __all__ = ["fit", "train", "train_one_epoch", "evaluate", "evaluate_model", "EpochStats"]
@@ -160,12 +161,15 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
     """Train from step ``start_in_epoch`` of ``epoch``; returns (steps done in the epoch, run finished)."""
     cfg, s = run.cfg, run.settings
     run.net.train()
+    if cfg.freeze_bn or cfg.freeze_backbone:
+        freeze_batchnorm_(run.model)
     t0 = time.perf_counter()
     time_before = stats.train_time
     in_epoch = start_in_epoch
     for x, y in run.train_loader.batches(epoch, in_epoch):
         for group in run.optimizer.param_groups:
-            group["lr"] = learning_rate(run.step, run.total_steps, s.lr, s.schedule, run.warmup_steps, run.steps_per_epoch)
+            group["lr"] = learning_rate(run.step, run.total_steps, s.lr, s.schedule, run.warmup_steps,
+                                        run.steps_per_epoch) * group.get("lr_scale", 1.0)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
@@ -207,14 +211,27 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
 def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback
            ) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
     s = settings
+    init = read_init(cfg.init) if cfg.init else None
+    # fine-tuning: the weights' own normalisation (train/finetune.py), at their resolution unless --resolution
+    init_pre = init.preprocessing if init is not None and (
+        isinstance(init.data.get("preprocessing"), dict) or str(init.data.get("name", "")).startswith("folder:")) else None
     train_loader, val_loader, info = load_data(
-        cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution, batch_size=s.batch_size // ddp.world_size,
+        cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution or (init_pre.resolution if init_pre else None),
+        batch_size=s.batch_size // ddp.world_size,
         seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset, rank=ddp.rank, world_size=ddp.world_size,
-        workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding)
+        workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding, preprocessing=init_pre)
     small_input = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, small_input=small_input,
-                         **cfg.model_kwargs)
+    if init is not None:
+        model, model_kwargs = build_initialized(init, cfg.model, num_classes=info.num_classes, in_chans=info.in_chans,
+                                                small_input=cfg.small_input, model_kwargs=cfg.model_kwargs)
+        small_input = init.small_input
+    else:
+        model_kwargs = dict(cfg.model_kwargs)
+        model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, small_input=small_input,
+                             **model_kwargs)
+    if cfg.freeze_backbone:
+        freeze_backbone_(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     side = -(-info.resolution // getattr(model, "total_stride", 1))
@@ -224,7 +241,9 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
                          "--batch-size >= 2 or a larger --resolution")
     steps_per_epoch = len(train_loader)
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    optimizer = make_optimizer(s.recipe.optimizer, param_groups(model, s.weight_decay), s.lr, s.recipe.momentum)
+    groups = (finetune_param_groups(model, s.weight_decay, cfg.backbone_lr_scale) if cfg.backbone_lr_scale != 1.0
+              else param_groups(model, s.weight_decay))
+    optimizer = make_optimizer(s.recipe.optimizer, groups, s.lr, s.recipe.momentum)
     ema = ModelEma(model, s.ema) if s.ema else None
     threads = torch.get_num_threads()
     record_settings = {"recipe": s.recipe_name, "lr": s.lr, "weight_decay": s.weight_decay, "schedule": s.schedule,
@@ -236,7 +255,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         "format": "mobilecnn-run/1",
         "model": cfg.model,
         "model_kwargs": {"num_classes": info.num_classes, "in_chans": info.in_chans, "small_input": small_input,
-                         **cfg.model_kwargs},
+                         **model_kwargs},
         "data": info.to_dict(),
         "resolution": info.resolution,
         "identity": json.loads(json.dumps(cfg.identity())),
@@ -250,7 +269,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
                warmup_steps=int(s.warmup_epochs * steps_per_epoch),
                stop_at=min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps,
                # makes every weight file self-describing (predict/export from a lone .safetensors)
-               weights_metadata={"data": json.dumps(info.to_dict()), "model_kwargs": json.dumps(cfg.model_kwargs)},
+               weights_metadata={"data": json.dumps(info.to_dict()), "model_kwargs": json.dumps(model_kwargs)},
                notify=notify)
     return run, val_loader, record_settings, config_record
 

@@ -1,0 +1,17 @@
+"""Published weights -> mobilecnn: safe readers, one converter per source, model-name inference, the writer.
+
+``mobilecnn weights import FILE --from torchvision|timm|keras|megvii --out W.safetensors`` (or
+:func:`import_weights`) converts a published checkpoint into a mobilecnn safetensors file whose metadata
+names the model and the architecture options it needs (``padding``, ``bn_eps``, ``act``) and carries its
+preprocessing, so ``create_model(name, weights=W)``, ``predict``, ``train --init`` and ``export``
+rebuild exactly that function. Which sources and widths convert exactly, and why: docs/pretrained.md.
+"""
+
+from .common import SOURCES, Converted
+from .convert import convert_file, convert_state
+from .infer import infer_model_name
+from .sources import load_weights_file, read_keras_h5, unwrap_state_dict
+from .store import import_weights, write_imported
+
+__all__ = ["SOURCES", "Converted", "convert_file", "convert_state", "infer_model_name", "load_weights_file",
+           "read_keras_h5", "unwrap_state_dict", "import_weights", "write_imported"]
