@@ -44,7 +44,7 @@ from mobilecnn.bench import (  # noqa: E402
     time_callable,
     write_bench_outputs,
 )
-from mobilecnn.utils import atomic_write_text  # noqa: E402
+from mobilecnn.runs.files import atomic_write_text  # noqa: E402
 
 MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v1_x0_5"]
 FP32_DEPLOYED = ["compiled", "onnxruntime", "openvino", "executorch"]

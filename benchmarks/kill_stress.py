@@ -73,7 +73,7 @@ def final_weights(run: Path) -> dict[str, Any]:
     """Tensors of ``model.safetensors`` in the run's latest checkpoint."""
     from safetensors.torch import load_file
 
-    from mobilecnn.checkpoint import latest_checkpoint
+    from mobilecnn.runs.checkpoints import latest_checkpoint
 
     ckpt = latest_checkpoint(run)
     if ckpt is None:
@@ -111,8 +111,9 @@ def check_run_dir(run: Path) -> list[str]:
     """Problems of a run directory after a crash: incomplete checkpoints that look complete, unloadable latest."""
     from safetensors.torch import load_file
 
-    from mobilecnn.checkpoint import CheckpointError, LATEST, latest_checkpoint
-    from mobilecnn.evaluate import load_trained
+    from mobilecnn.errors import CheckpointError
+    from mobilecnn.runs.checkpoints import LATEST, latest_checkpoint
+    from mobilecnn.runs.rundir import load_trained
 
     problems: list[str] = []
     root = run / "checkpoints"
@@ -200,7 +201,7 @@ def run_and_kill(cmd: list[str], run: Path, mode: str, rng: random.Random, expec
             proc.send_signal(signal.SIGKILL)
         rc = proc.wait()
         t_kill = time.perf_counter() - start
-    from mobilecnn.checkpoint import latest_checkpoint
+    from mobilecnn.runs.checkpoints import latest_checkpoint
 
     latest = latest_checkpoint(run) if run.exists() else None
     left = _leftovers(run, proc.pid, before)

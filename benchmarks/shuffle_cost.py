@@ -24,7 +24,7 @@ import torch
 
 from mobilecnn import create_model
 from mobilecnn.layers import ChannelShuffle, channel_shuffle
-from mobilecnn.utils import atomic_write_text
+from mobilecnn.runs.files import atomic_write_text
 
 
 def timed(fn, repeats: int) -> float:

@@ -37,7 +37,7 @@ import torchvision
 from torch import nn
 
 from mobilecnn.train import TrainConfig, train
-from mobilecnn.utils import atomic_write_text
+from mobilecnn.runs.files import atomic_write_text
 
 
 def torchvision_small(name: str, num_classes: int = 10, in_chans: int = 1) -> nn.Module:

@@ -78,7 +78,7 @@ def _cifar_roots(data_dir: str | os.PathLike | None) -> list[Path]:
         return [Path(data_dir).expanduser()]
     if os.environ.get(DATA_DIR_ENV):
         return [Path(os.environ[DATA_DIR_ENV]).expanduser()]
-    return [Path(d).expanduser() for d in DEFAULTCIFAR_DIRS]
+    return [Path(d).expanduser() for d in DEFAULT_CIFAR_DIRS]
 
 
 def find_cifar(name: str, data_dir: str | os.PathLike | None) -> tuple[str, Path]:
