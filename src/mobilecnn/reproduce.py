@@ -64,6 +64,7 @@ class ReproducePlan:
     int8: bool = True
     int8_check_images: int = 10000
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
+    device: str = "auto"  # training/evaluation device (--device); latency is always measured on the CPU
 
 
 QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=12000,
@@ -133,7 +134,7 @@ def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_d
 
     cfg = TrainConfig(model=model, out=str(run_dir), epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
                       subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / "config.json").exists(),
-                      threads=plan.threads,
+                      threads=plan.threads, device=plan.device,
                       model_kwargs={} if shuffle else {"shuffle": False})
     t0 = time.perf_counter()
     result = train(cfg, callback=callback)

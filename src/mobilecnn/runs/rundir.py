@@ -122,10 +122,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool) -> Path | None:
-    """Refuse a directory holding another run; return the checkpoint to resume from (or None)."""
+def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str) -> Path | None:
+    """Refuse a directory holding another run; return the checkpoint to resume from (or None).
+
+    ``resume="auto"`` resumes when the directory holds a complete checkpoint of this run, else starts it.
+    """
     config_file = run_dir / "config.json"
     ckpt = latest_checkpoint(run_dir)
+    if resume == "auto":
+        resume = ckpt is not None and config_file.is_file()
     if config_file.is_file():
         try:
             previous = json.loads(config_file.read_text())
