@@ -81,6 +81,9 @@ def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | N
             raise _unavailable(spec, "this PyTorch build or machine has no Apple MPS")
         return torch.device("mps")
     if text == "cuda" or text.startswith("cuda:"):
+        if text != "cuda" and not text[len("cuda:"):].isdigit():
+            raise UsageError(f"--device {spec!r} is not accepted: use {', '.join(DEVICE_CHOICES)} "
+                             f"(available here: {', '.join(available_devices())})")
         count = _cuda_count()
         if count == 0:
             why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
@@ -93,10 +96,7 @@ def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | N
                                    f"{count} CUDA device(s) for more processes per node; start at most "
                                    f"--nproc-per-node {count}")
             return torch.device("cuda", index)
-        index_text = text[len("cuda:"):]
-        if not index_text.isdigit():
-            raise UsageError(f"--device {spec!r} is not accepted: use {', '.join(DEVICE_CHOICES)}")
-        index = int(index_text)
+        index = int(text[len("cuda:"):])
         if index >= count:
             raise _unavailable(spec, f"there are {count} CUDA device(s)")
         return torch.device("cuda", index)

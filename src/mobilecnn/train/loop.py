@@ -240,7 +240,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution, batch_size=s.batch_size // ddp.world_size,
         seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset, rank=ddp.rank, world_size=ddp.world_size,
         workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding,
-        device=device if device.type != "cpu" else None)
+        device=device)  # on the CPU the same code runs (the in-memory data stays where it is)
     small_input = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, small_input=small_input,
