@@ -99,6 +99,21 @@ def test_amp_choice(monkeypatch):
     assert amp_dtype(torch.device("cuda", 0)) == torch.bfloat16
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_deterministic_cuda_loss_equals_cross_entropy(smoothing):
+    from mobilecnn.train.losses import SmoothedCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 10, (16,), generator=g)
+    want = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)(logits, target)
+    (gw,) = torch.autograd.grad(want, logits)
+    got = SmoothedCrossEntropy(smoothing)(logits, target)
+    (gg,) = torch.autograd.grad(got, logits)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gg, gw)
+
+
 def test_resume_auto_option_parses():
     from mobilecnn.cli.app import build_parser
 

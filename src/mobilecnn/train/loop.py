@@ -34,6 +34,7 @@ from ..plots import plot_training_curves
 from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
 from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
 from .config import TrainConfig, TrainSettings, resolve
+from .losses import SmoothedCrossEntropy
 from .distributed import DistContext, default_threads, env_local_rank, env_world_size, init_distributed
 from .optim import ModelEma, learning_rate, make_optimizer, param_groups, recalibrate_batchnorm
 
@@ -280,7 +281,9 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
     if cfg.compile:
         net = torch.compile(net, dynamic=False)
     run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
-               criterion=nn.CrossEntropyLoss(label_smoothing=s.label_smoothing), train_loader=train_loader, info=info,
+               criterion=(SmoothedCrossEntropy(s.label_smoothing) if device.type == "cuda" and cfg.deterministic
+                          else nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)),
+               train_loader=train_loader, info=info,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                warmup_steps=int(s.warmup_epochs * steps_per_epoch),
                stop_at=min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps,
