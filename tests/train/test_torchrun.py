@@ -40,7 +40,7 @@ def env() -> dict[str, str]:
 
 
 def train_args(out: str, **extra: str) -> list[str]:
-    args = {"--model": "shufflenet_v1_g3_x0_25", "--out": out, "--subset": "1536", "--val-subset": "200",
+    args = {"--model": "mobilenet_v1_x0_25", "--out": out, "--subset": "1536", "--val-subset": "200",
             "--batch-size": "64", "--epochs": "1", "--threads": "1", "--seed": "7", "--checkpoint-every": "4",
             "--device": "cpu", **extra}
     return ["-m", "mobilecnn.cli", "train"] + [x for kv in args.items() for x in kv]
@@ -102,6 +102,7 @@ def test_two_nodes_on_localhost_c10d(tmp_path):
 @pytest.mark.slow
 @needs_fashion
 def test_elastic_restart_after_sigkill_ends_with_the_uninterrupted_weights(tmp_path):
+    """mobilenet_v1 has dropout: each rank's RNG must come back from the checkpoint, not rank 0's."""
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     base = TORCHRUN + ["--nproc-per-node", "2", "--max-restarts", "3", "--monitor-interval", "0.2",
                        "--rdzv-backend", "c10d"]
