@@ -70,6 +70,18 @@ def test_cuda_without_cuda_is_a_one_line_error_naming_what_is_available(spec, ca
     assert not out.exists()
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
+def test_eval_and_predict_take_device(tmp_path, capsys):
+    from mobilecnn.deploy.predict import load_predictor
+
+    assert main(["eval", str(tmp_path), "--device", "cuda"]) == 2
+    assert "available here: cpu" in capsys.readouterr().err
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"not read")
+    with pytest.raises(UsageError, match="runs in its own runtime on the CPU"):
+        load_predictor(exported, device="cuda")
+
+
 @pytest.mark.parametrize("spec", ["tpu", "cuda:x", "cuda:-1", "gpu0"])
 def test_unknown_device_lists_the_accepted_forms(spec):
     with pytest.raises(UsageError, match="auto, cpu, cuda, cuda:N, mps"):
