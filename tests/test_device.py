@@ -100,6 +100,8 @@ def test_cuda_resolution_with_gpus_present(monkeypatch):
         resolve_device("cuda:2")
     with pytest.raises(UsageError, match="--nproc-per-node 2"):
         resolve_device("cuda", local_rank=2)
+    with pytest.raises(UsageError, match="LOCAL_RANK"):
+        resolve_device("cuda:0", local_rank=1)
 
 
 def test_amp_choice(monkeypatch):

@@ -97,6 +97,9 @@ def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | N
                                    f"--nproc-per-node {count}")
             return torch.device("cuda", index)
         index = int(text[len("cuda:"):])
+        if local_rank is not None:
+            raise UsageError(f"--device {spec} under torchrun would put every process on one GPU; pass --device cuda "
+                             "(or auto): each process takes the GPU of its LOCAL_RANK")
         if index >= count:
             raise _unavailable(spec, f"there are {count} CUDA device(s)")
         return torch.device("cuda", index)
