@@ -28,6 +28,7 @@ def test_gpu_check_smoke_runs_the_whole_script(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["meta"]["smoke"] is True and "not a measurement" in report["meta"]["note"]
+    assert report["meta"]["complete"] is True
     assert report["meta"]["device"] == "cpu"
     models = {r["model"] for r in report["train_synthetic"]}
     assert {"mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "torchvision.mobilenet_v2"} <= models
