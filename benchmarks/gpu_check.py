@@ -111,7 +111,7 @@ def write_jpeg_folder(root: Path, sizes: Sizes) -> dict[str, Any]:
 
 def synthetic_batches(sizes: Sizes, device: torch.device, train: bool) -> TensorBatches:
     g = torch.Generator().manual_seed(1)
-    n = sizes.synthetic if train else max(sizes.batch * 2, 16)
+    n = sizes.synthetic if train else max(sizes.batch * 8, 16)
     images = torch.randint(0, 256, (n, 3, sizes.resolution, sizes.resolution), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=g)
     return TensorBatches(images, labels, sizes.batch, train=train, mean=[0.5] * 3, std=[0.25] * 3, seed=0,
