@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch/torchvision releases known to work (served from local disk on our machines).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup dataset tables clean
+.PHONY: demo test setup dataset tables clean gpu-check
 
 setup: $(STAMP) dataset
 
@@ -48,6 +48,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# On a machine with a CUDA GPU: benchmarks/results/gpu_check.json and the GPU-only tests (docs/devices.md).
+gpu-check: setup
+	benchmarks/gpu_check.sh
 
 tables: setup
 	$(BIN)/mobilecnn tables --out docs/paper_tables.md

@@ -25,6 +25,7 @@ Library code: returns values and raises, never prints.
 
 from __future__ import annotations
 
+import copy
 import json
 from importlib.metadata import version
 import os
@@ -49,6 +50,7 @@ from .deploy.formats import format_for_runtime
 from .deploy.quantize import openvino_int8_risky_convs
 from .deploy.runtime import check_threads, load_runtime
 from .errors import UsageError
+from .device import resolve_device, synchronize
 from .models import create_model, get_model_entry
 from .plots import plot_bench
 from .runs.files import atomic_write, atomic_write_text
@@ -94,6 +96,7 @@ class BenchRow:
     valid: bool = True
     accuracy: float | None = None
     notes: list[str] = field(default_factory=list)
+    device: str = "cpu"  # where the eager/compiled rows ran (exported files always run on the CPU)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,6 +176,19 @@ def _compiled_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
+def _device_fn(model: nn.Module, x: torch.Tensor, backend: str, dev: torch.device) -> Callable[[], Any]:
+    """An eager/compiled call on an accelerator, waiting for the device so wall time is device time."""
+    model, x = copy.deepcopy(model).to(dev), x.to(dev)
+    inner = _compiled_fn(model, x) if backend == "compiled" else _eager_fn(model, x, backend == REFERENCE_BACKEND)
+
+    def run() -> Any:
+        out = inner()
+        synchronize(dev)
+        return out
+
+    return run
+
+
 def benchmark(
     models: Sequence[str | nn.Module],
     backends: Sequence[str],
@@ -191,6 +207,7 @@ def benchmark(
     calibration: torch.Tensor | None = None,
     work_dir: str | Path | None = None,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> list[BenchRow]:
     """Time every model on every backend, thread count and batch size (module docstring).
 
@@ -198,8 +215,10 @@ def benchmark(
     ``references``: add the torchvision rows (always on for ``ratio_to_reference``; ``reference_backends``
     limits which backends they run on, default: all requested). ``calibration``: images for the
     ``*_int8`` backends (default: random normal images, latency only). ``work_dir``: where exported
-    files go (a temporary folder by default). Returns rows in measurement order.
+    files go (a temporary folder by default). ``device``: where the PyTorch backends (eager, compiled,
+    eager_reference) run; exported files run in their runtimes on the CPU. Returns rows in measurement order.
     """
+    dev = resolve_device(device)
     unknown = [b for b in backends if b not in BACKENDS + INT8_BACKENDS]
     if unknown or not backends:
         raise ValueError(f"unknown backend(s) {unknown}; accepted: {', '.join(BACKENDS + INT8_BACKENDS)}")
@@ -252,7 +271,7 @@ def benchmark(
             for backend in model_backends:
                 rows.extend(_bench_backend(name, module, backend, threads, batches, resolution, chans, macs, params,
                                            verify, calib, calibration is None, is_ref, work, warmup, repeats,
-                                           min_time_s, gen))
+                                           min_time_s, gen, dev))
     finally:
         torch.set_num_threads(saved_threads)
         if tmp is not None:
@@ -264,7 +283,7 @@ def benchmark(
 def _bench_backend(name: str, module: nn.Module, backend: str, threads: list[int], batches: Sequence[int],
                    resolution: int, chans: int, macs: int, params: int, verify: torch.Tensor, calib: torch.Tensor,
                    random_calib: bool, is_ref: bool, work: Path, warmup: int, repeats: int, min_time_s: float,
-                   gen: torch.Generator) -> list[BenchRow]:
+                   gen: torch.Generator, dev: torch.device = torch.device("cpu")) -> list[BenchRow]:
     rows: list[BenchRow] = []
     int8 = backend.endswith("_int8")
     base = backend[:-5] if int8 else backend
@@ -299,7 +318,10 @@ def _bench_backend(name: str, module: nn.Module, backend: str, threads: list[int
             x = torch.randn(batch, chans, resolution, resolution, generator=gen)
             try:
                 torch.set_num_threads(t)
-                if backend in ("eager", REFERENCE_BACKEND):
+                if dev.type != "cpu" and backend in ("eager", REFERENCE_BACKEND, "compiled"):
+                    row.device = str(dev)
+                    fn = _device_fn(module, x, backend, dev)
+                elif backend in ("eager", REFERENCE_BACKEND):
                     fn = _eager_fn(module, x, reference=backend == REFERENCE_BACKEND)
                 elif backend == "compiled":
                     fn = _compiled_fn(module, x)
@@ -432,6 +454,7 @@ def run_bench(
     small_input: bool = False,
     out_dir: str | Path = "bench",
     repeats: int = 30,
+    device: str = "cpu",
 ) -> tuple[list[BenchRow], dict[str, Path]]:
     """``mobilecnn bench``: registered names and/or run directories, outputs written to ``out_dir``.
 
@@ -458,7 +481,7 @@ def run_bench(
     rows: list[BenchRow] = []
     for res, items in groups.items():
         group_rows = benchmark([m for m, _ in items], backends, threads, batches, res, small_input=small_input,
-                               repeats=repeats)
+                               repeats=repeats, device=device)
         named_accuracy = {getattr(m, "model_name", m) if not isinstance(m, str) else m: a for m, a in items}
         for row in group_rows:
             if not row.reference and named_accuracy.get(row.model) is not None:

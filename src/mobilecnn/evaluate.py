@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_data, locate_dataset
+from .device import resolve_device
 from .errors import CheckpointError
 from .plots import plot_confusion
 from .runs.files import atomic_write_text
@@ -27,12 +28,14 @@ def evaluate_run(
     prefer_ema: bool = True,
     workers: int = 2,
     return_logits: bool = False,
+    device: str | None = "auto",
 ) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and confusion matrix on the validation split; writes JSON + PNG.
 
     ``return_logits`` adds the per-image ``logits`` and ``labels`` tensors (and ``files`` for image
-    folders) to the returned dict; they are not written to the JSON.
+    folders) to the returned dict; they are not written to the JSON. ``device``: auto, cpu, cuda, cuda:N, mps.
     """
+    dev = resolve_device(device)
     loaded = load_trained(path, prefer_ema)
     if data:
         dataset = data
@@ -42,7 +45,7 @@ def evaluate_run(
     pre = loaded.data.get("preprocessing") if not data else None
     _, val_loader, info = load_data(dataset, data_dir=data_dir, resolution=loaded.data.get("resolution"),
                                     batch_size=1, eval_batch_size=batch_size, val_subset=subset, workers=workers,
-                                    preprocessing=pre)
+                                    preprocessing=pre, device=dev if dev.type != "cpu" else None)
     if info.num_classes != loaded.model.num_classes:
         raise CheckpointError(
             f"{loaded.weights_file} was trained for {loaded.model.num_classes} classes but {info.name} has "
@@ -51,10 +54,10 @@ def evaluate_run(
     if info.in_chans != loaded.model.in_chans:
         raise CheckpointError(f"{loaded.weights_file} expects {loaded.model.in_chans}-channel images but {info.name} "
                               f"has {info.in_chans}")
-    result = evaluate(loaded.model, val_loader, num_classes=info.num_classes, keep_logits=return_logits)
+    result = evaluate(loaded.model.to(dev), val_loader, num_classes=info.num_classes, keep_logits=return_logits)
     per_image = {k: result.pop(k) for k in ("logits", "labels") if k in result}
     result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
-                   "data": info.name, "class_names": info.class_names})
+                   "data": info.name, "class_names": info.class_names, "device": str(dev)})
     out = Path(out_dir) if out_dir else (loaded.run_dir / "eval" if loaded.run_dir else Path("eval"))
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     plot_confusion(result["confusion"], info.class_names, out / "confusion.png",

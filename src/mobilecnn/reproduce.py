@@ -65,6 +65,7 @@ class ReproducePlan:
     int8: bool = True
     int8_check_images: int = 10000
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
+    device: str = "auto"  # training/evaluation device (--device); latency is always measured on the CPU
 
 
 #: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 8,000 images, int8 checked
@@ -137,7 +138,7 @@ def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_d
 
     cfg = TrainConfig(model=model, out=str(run_dir), epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
                       subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / "config.json").exists(),
-                      threads=plan.threads,
+                      threads=plan.threads, device=plan.device,
                       model_kwargs={} if shuffle else {"shuffle": False})
     t0 = time.perf_counter()
     result = train(cfg, callback=callback)

@@ -42,14 +42,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with err.status("benchmarking (warm-up, then timed runs)"):
         rows, outputs = run_bench(args.targets, backends=args.backend, threads=args.threads, batches=args.batch,
                                   resolution=args.resolution, small_input=args.small_input, out_dir=args.out,
-                                  repeats=args.repeats)
+                                  repeats=args.repeats, device=args.device)
     out(Path(outputs["md"]).read_text(), end="")
     out(f"wrote {outputs['json']}, {outputs['md']} and {outputs['png']}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    predictor = load_predictor(args.model, threads=args.threads)
+    predictor = load_predictor(args.model, threads=args.threads, device=args.device)
     count, failed, records = 0, 0, []
     for r in iter_predictions(args.images, predictor, topk=args.topk):
         count += 1
@@ -93,6 +93,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--small-input", action="store_true")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--out", default="bench", help="output directory for JSON, Markdown and PNG")
+    p.add_argument("--device", default="cpu", help="where the eager/compiled rows run: auto, cpu, cuda, cuda:N or "
+                   "mps (default: cpu; exported files always run on the CPU)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it)")
@@ -101,4 +103,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="run directories and .safetensors: auto, cpu, cuda, cuda:N or "
+                   "mps (default: auto; exported files run on the CPU)")
     p.set_defaults(func=_cmd_predict)

@@ -86,7 +86,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple
             continue
         if "choices" not in meta and not meta.get("required"):
             meta["help"] = f"{meta['help']} (default: {default})" if default is not None else meta["help"]
-        parser.add_argument(flag, type=_PARSERS.get(kind, str), default=default, **meta)
+        meta.setdefault("type", _PARSERS.get(kind, str))  # a field may bring its own parser (--resume [auto])
+        parser.add_argument(flag, default=default, **meta)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

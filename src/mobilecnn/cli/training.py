@@ -39,7 +39,8 @@ class _TrainProgress:
                 f"{safe(data.name)}: {data.train_size} train / {data.val_size} val images, {data.num_classes} classes, "
                 f"{data.resolution}px | recipe {s['recipe']}: lr {s['lr']:.4g} {s['schedule']}, wd {s['weight_decay']:g}, "
                 f"label smoothing {s['label_smoothing']:g}, EMA {s['ema'] or 'off'} | {s['world_size']} process(es) x "
-                f"{s['threads_per_process']} thread(s)"))
+                f"{s['threads_per_process']} thread(s) | device {s.get('device', 'cpu')}"
+                f"{' AMP ' + s['amp_dtype'] if s.get('amp_dtype') else ''}{' compiled' if s.get('compile') else ''}"))
             if info.get("resumed_from"):
                 err.print(Text(f"resuming from {safe(info['resumed_from'])} (step {info['step']})"))
             self.progress.start()
@@ -70,6 +71,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bar.close()
     if result.get("note"):
         out(f"note: {result['note']}")
+    if result.get("compile_time_s") is not None:
+        out(f"torch.compile took {result['compile_time_s']:.1f} s (the first step; not counted in the training time)")
     if result.get("val_top1") is not None:
         out(f"done: val top-1 {result['val_top1']:.2f}% (top-5 {result['val_top5']:.2f}%); run directory "
             f"{safe(result['run_dir'])}")
@@ -80,7 +83,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size,
-                          subset=args.subset, out_dir=args.out, prefer_ema=not args.no_ema, workers=args.workers)
+                          subset=args.subset, out_dir=args.out, prefer_ema=not args.no_ema, workers=args.workers,
+                          device=args.device)
     if args.json:
         out(json.dumps({k: v for k, v in result.items()}, indent=2))
         return 0
@@ -100,7 +104,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         summary = rebuild_report(args.out or f"reports/{plan.name}")
         out(f"report: {summary['report']}")
         return 0
-    plan = dataclasses.replace(plan, seeds=args.seeds or plan.seeds, threads=args.threads)
+    plan = dataclasses.replace(plan, seeds=args.seeds or plan.seeds, threads=args.threads, device=args.device)
     out = args.out or f"reports/{plan.name}"
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err)
@@ -145,6 +149,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("reproduce", help="test the papers' claims (Tables 3 and 5) on Fashion-MNIST; writes a report")
@@ -156,5 +161,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output directory (default reports/quick or reports/full)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite report.md and the plots from OUT/results.json without training")
+    p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, cuda:N or mps (default: auto; "
+                   "latency is always measured on the CPU)")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -64,7 +64,8 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
 
     ``data``: "fashion-mnist", "cifar10", "cifar100", or a folder with ``train/`` and ``val/`` class
     folders. ``batch_size`` is per process; ``subset`` / ``val_subset`` take a seeded random subset;
-    ``device`` (in-memory datasets only) keeps the data on that device and augments there.
+    ``device``: in-memory datasets are kept on that device (uint8) and augmented there; image folders
+    are decoded in workers into pinned batches copied to it without blocking.
     ``preprocessing`` (image folders only): normalise with it instead of the folder's statistics (the
     preprocessing of imported weights being fine-tuned). Raises :class:`DataError` for any problem with
     the data or the arguments.
@@ -99,4 +100,4 @@ def load_data(data: str = "fashion-mnist", *, data_dir: str | None = None, resol
     return load_folder(root, resolution=resolution or 224, batch_size=batch_size, eval_batch_size=eval_bs,
                         seed=seed, subset=subset, val_subset=val_subset, rank=rank, world_size=world_size,
                         workers=workers, on_corrupt=on_corrupt, channels_last=channels_last,
-                        grayscale=grayscale, preprocessing=preprocessing)
+                        grayscale=grayscale, preprocessing=preprocessing, device=device)

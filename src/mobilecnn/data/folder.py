@@ -185,7 +185,7 @@ class FolderBatches:
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 2, on_corrupt: str = "skip", grayscale: bool = False,
                  channels_last: bool = False, verify: bool = True, skipped: Sequence[str] = (),
-                 preprocessing: Preprocessing | None = None) -> None:
+                 preprocessing: Preprocessing | None = None, device: str | torch.device | None = None) -> None:
         check_batch_args(batch_size, rank, world_size)
         if on_corrupt not in ("skip", "error"):
             raise DataError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
@@ -220,6 +220,11 @@ class FolderBatches:
                                        on_corrupt == "skip", (c, r, r))
         plan_epoch_size(self, len(samples))
         self._warned: set[str] = set()
+        # an accelerator: pinned batches, non-blocking copies, workers kept alive between epochs
+        self.device = torch.device(device) if device is not None else None
+        self._accelerated = self.device is not None and self.device.type != "cpu"
+        self._sampler: _PlanSampler | None = None
+        self._loader: torch.utils.data.DataLoader | None = None
 
     def __len__(self) -> int:
         return self._len
@@ -241,6 +246,9 @@ class FolderBatches:
         plan = self._plan(epoch)[start_step:]
         if not plan:
             return
+        if self._accelerated:
+            yield from self._device_batches(plan, epoch)
+            return
         loader = torch.utils.data.DataLoader(
             self._dataset, batch_sampler=[[(i, epoch) for i in b] for b in plan],
             num_workers=self.workers, collate_fn=_collate, pin_memory=False, persistent_workers=False,
@@ -248,6 +256,25 @@ class FolderBatches:
         for x, y, bad in loader:
             if bad:
                 self._handle_bad(bad)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+    def _device_batches(self, plan: list[list[int]], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The accelerator path: one DataLoader whose workers persist across epochs, pinned host batches
+        copied without blocking (the copy of batch k+1 overlaps the step on batch k)."""
+        if self._loader is None:
+            self._sampler = _PlanSampler()
+            self._loader = torch.utils.data.DataLoader(
+                self._dataset, batch_sampler=self._sampler, num_workers=self.workers, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+                prefetch_factor=4 if self.workers > 0 else None, generator=torch.Generator().manual_seed(0))
+        self._sampler.plan = [[(i, epoch) for i in b] for b in plan]
+        for x, y, bad in self._loader:
+            if bad:
+                self._handle_bad(bad)
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -266,6 +293,19 @@ class FolderBatches:
 def _shown(path: str) -> str:
     """A file name fit for a one-line message: control characters (newlines, escapes) made visible."""
     return path if path.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in path)
+
+
+class _PlanSampler:
+    """A batch sampler whose batches are set before each pass (lets persistent workers serve every epoch)."""
+
+    def __init__(self) -> None:
+        self.plan: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(list(self.plan))
+
+    def __len__(self) -> int:
+        return len(self.plan)
 
 
 def _warn_skipped(bad: list[tuple[str, str]], where: str, stacklevel: int = 3) -> None:
@@ -306,7 +346,8 @@ def _folder_stats(paths: tuple[str, ...], grayscale: bool) -> tuple[tuple[float,
 def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size: int, seed: int,
                  subset: int | None, val_subset: int | None, rank: int, world_size: int, workers: int,
                  on_corrupt: str, channels_last: bool, grayscale: bool,
-                 preprocessing: Preprocessing | None = None) -> tuple[Batches, Batches, DataInfo]:
+                 preprocessing: Preprocessing | None = None, device: str | torch.device | None = None
+                 ) -> tuple[Batches, Batches, DataInfo]:
     tr_samples, classes = scan_image_folder(root / "train")
     te_samples, te_classes = scan_image_folder(root / "val")
     if classes != te_classes:
@@ -353,7 +394,7 @@ def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size
     check_global_batch(batch_size, world_size, len(tr_samples))
     common = dict(resolution=resolution, mean=mean, std=std, seed=seed, rank=rank, world_size=world_size,
                   workers=workers, on_corrupt=on_corrupt, grayscale=grayscale, channels_last=channels_last,
-                  verify=False, preprocessing=preprocessing)
+                  verify=False, preprocessing=preprocessing, device=device)
     train = FolderBatches(tr_samples, batch_size, train=True, skipped=tr_bad, **common)
     val = FolderBatches(te_samples, eval_batch_size, train=False, skipped=te_bad, **common)
     info = DataInfo(name=f"{FOLDER_PREFIX}{root.resolve()}", num_classes=len(classes), class_names=list(classes),

@@ -19,7 +19,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data.images import Preprocessing, is_image_name, load_image
-from ..errors import CheckpointError, DataError, NonFiniteError
+from ..device import resolve_device
+from ..errors import CheckpointError, DataError, NonFiniteError, UsageError
 from ..runs.rundir import load_trained
 from .formats import SIDECAR_SUFFIX
 from .runtime import check_threads, load_runtime
@@ -75,19 +76,21 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return info
 
 
-def load_predictor(model: str | Path, threads: int = 1) -> Predictor:
-    """From a run directory / checkpoint / ``.safetensors`` (PyTorch) or an exported file (its runtime)."""
+def load_predictor(model: str | Path, threads: int = 1, device: str | None = "auto") -> Predictor:
+    """From a run directory / checkpoint / ``.safetensors`` (PyTorch, on ``device``) or an exported file (its
+    runtime, on the CPU: ``device`` must then be auto or cpu)."""
     path = Path(model)
     if not path.exists():
         raise CheckpointError(f"--model {path} does not exist: pass a run directory, a .safetensors file or an exported file")
     if path.is_dir() or path.suffix == ".safetensors":
         torch.set_num_threads(check_threads(threads))
+        dev = resolve_device(device)
         loaded = load_trained(path)
-        net = loaded.model.eval()
+        net = loaded.model.eval().to(dev)
 
         def logits(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return net(torch.from_numpy(x)).numpy()
+                return net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
         pre = Preprocessing.for_dataset(loaded.data, f"{loaded.weights_file} metadata")
         if pre.in_chans != loaded.model.in_chans:
@@ -95,6 +98,9 @@ def load_predictor(model: str | Path, threads: int = 1) -> Predictor:
                                   f"with in_chans={loaded.model.in_chans}")
         names = _labels(loaded.data.get("class_names"), loaded.model.num_classes, f"{loaded.weights_file} metadata")
         return Predictor(logits, names, pre, source=f"{loaded.model_name} ({loaded.weights} weights, PyTorch)")
+    if device is not None and str(device).strip().lower() not in ("auto", "cpu"):
+        raise UsageError(f"--device {device} applies to run directories and .safetensors files; {path.name} runs "
+                         "in its own runtime on the CPU (pass --device cpu or auto)")
     info = read_sidecar(path)
     where = str(path) + SIDECAR_SUFFIX
     data = info.get("data", {})

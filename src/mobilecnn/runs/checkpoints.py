@@ -83,8 +83,9 @@ def described_model(path: str | Path) -> dict[str, Any]:
 
 
 def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors wants contiguous tensors that share no memory
-    return {k: v.detach().contiguous().clone() if v.data_ptr() else v.detach().contiguous() for k, v in state.items()}
+    # safetensors wants contiguous tensors that share no memory; weights on a GPU are written from host copies
+    return {k: v.detach().cpu().contiguous().clone() if v.data_ptr() else v.detach().cpu().contiguous()
+            for k, v in state.items()}
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
@@ -229,6 +230,8 @@ def save_training_checkpoint(
             save_file(_plain_state(ema.state_dict()), str(tmp / "ema.safetensors"), metadata=meta)
         opt_tensors, opt_plain = _optimizer_split(optimizer.state_dict())
         opt_tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from its RNG
+            opt_tensors["rng.cuda"] = torch.cuda.get_rng_state()
         save_file(_plain_state(opt_tensors), str(tmp / "state.safetensors"))
         state = {"epoch": epoch, "step": step, "step_in_epoch": step_in_epoch, "optimizer": opt_plain,
                  **(extra or {})}
@@ -314,4 +317,6 @@ def load_training_state(
         ema.load_state_dict(load_weights(ema_file))
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():  # a run resumed on a GPU (from a GPU checkpoint)
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return state

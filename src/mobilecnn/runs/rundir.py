@@ -150,15 +150,18 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool) -> Path | None:
+def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str) -> Path | None:
     """Refuse a directory holding another run; return the checkpoint to resume from (or None).
 
     Read-only: it creates and changes nothing, so a refused command leaves nothing behind.
+    ``resume="auto"`` resumes when the directory holds a complete checkpoint of this run, else starts it.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     config_file = run_dir / "config.json"
     ckpt = latest_checkpoint(run_dir)
+    if resume == "auto":
+        resume = ckpt is not None and config_file.is_file()
     if config_file.is_file():
         try:
             previous = json.loads(config_file.read_text())

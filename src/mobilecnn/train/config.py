@@ -14,10 +14,20 @@ from ..data.images import MAX_RESOLUTION
 from ..errors import TrainError
 from ..models import get_model_entry
 
-__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "cli", "MAX_THREADS"]
+__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "cli", "MAX_THREADS",
+           "resume_value"]
 
 #: Thread counts above this are refused everywhere (train, eval, export, predict, bench).
 MAX_THREADS = 1024
+
+
+def resume_value(text: str) -> bool | str:
+    """``--resume`` takes no value (True) or ``auto``."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    import argparse  # only the CLI calls this
+
+    raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r}")
 
 
 def cli(help: str, **argparse_kwargs: Any) -> dict[str, Any]:
@@ -88,9 +98,12 @@ class TrainConfig:
     label_smoothing: float | None = field(default=None, metadata=cli("label smoothing"))
     ema: float | None = field(default=None, metadata=cli("EMA decay (0 = off)"))
     channels_last: bool = field(default=True, metadata=cli("channels_last memory format"))
-    amp: bool = field(default=False, metadata=cli("bf16 autocast"))
+    amp: bool = field(default=False, metadata=cli(
+        "mixed precision: bf16 autocast (CPU, GPUs with bf16), else fp16 autocast with a gradient scaler"))
     seed: int = field(default=0, metadata=cli("random seed"))
-    resume: bool = field(default=False, metadata=cli("continue from the last complete checkpoint in --out"))
+    resume: bool | str = field(default=False, metadata=cli(
+        "continue from the last complete checkpoint in --out; `--resume auto`: resume if one exists, else start "
+        "(for torchrun --max-restarts)", nargs="?", const=True, type=resume_value, metavar="auto"))
     subset: int | None = field(default=None, metadata=cli("train on N images (a seeded random subset)"))
     val_subset: int | None = field(default=None, metadata=cli("evaluate on N validation images"))
     resolution: int | None = field(default=None, metadata=cli(
@@ -105,6 +118,14 @@ class TrainConfig:
     max_steps: int | None = field(default=None, metadata=cli("stop after N steps (smoke runs)"))
     eval_every: int = 1  # epochs
     crop_padding: int | None = field(default=None, metadata=cli("random-crop padding in pixels (small datasets)"))
+    device: str = field(default="auto", metadata=cli(
+        "auto (the available accelerator, else the CPU), cpu, cuda, cuda:N or mps; under torchrun each process "
+        "takes the GPU of its LOCAL_RANK. Not part of the run's identity: a run resumes on another device"))
+    compile: bool = field(default=False, metadata=cli(
+        "torch.compile the model (compile time is reported apart from training time)"))
+    deterministic: bool = field(default=True, metadata=cli(
+        "CUDA: deterministic algorithms where PyTorch has them, cudnn.benchmark off (--no-deterministic is "
+        "faster; see docs/devices.md)"))
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # fine-tuning (docs/pretrained.md)
     init: str | None = field(default=None, metadata=cli(
@@ -223,6 +244,9 @@ def _check(cfg: TrainConfig, s: TrainSettings) -> None:
         ("checkpoint_every", cfg.checkpoint_every, _is_int(cfg.checkpoint_every) and cfg.checkpoint_every >= 1, ">= 1 steps"),
         ("workers", cfg.workers, _is_int(cfg.workers) and 0 <= cfg.workers <= 256, "an integer in [0, 256]"),
         ("on_corrupt", cfg.on_corrupt, cfg.on_corrupt in ("skip", "error"), "'skip' or 'error'"),
+        ("resume", cfg.resume, isinstance(cfg.resume, bool) or cfg.resume == "auto", "true, false or 'auto'"),
+        ("device", cfg.device, isinstance(cfg.device, str) and bool(cfg.device.strip()),
+         "auto, cpu, cuda, cuda:N or mps"),
         ("threads", cfg.threads, cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= cpus),
          f"an integer from 1 to the {cpus} CPU(s) available"),
         ("backbone_lr_scale", cfg.backbone_lr_scale, _is_number(cfg.backbone_lr_scale) and 0 < cfg.backbone_lr_scale <= 1e3,

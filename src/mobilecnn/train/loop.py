@@ -27,14 +27,16 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import Batches, DataInfo, load_data
+from ..device import amp_dtype, grad_scaler, resolve_device, set_deterministic, synchronize
 from ..errors import NonFiniteError, NonFiniteLossError, TrainError
 from ..models import create_model
 from ..plots import plot_training_curves
 from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
 from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
 from .config import TrainConfig, TrainSettings, resolve
-from .distributed import DistContext, default_threads, init_distributed
+from .distributed import DistContext, default_threads, env_local_rank, env_world_size, init_distributed
 from .finetune import build_initialized, finetune_param_groups, freeze_backbone_, freeze_batchnorm_, read_init
+from .losses import SmoothedCrossEntropy
 from .optim import ModelEma, learning_rate, make_optimizer, param_groups, recalibrate_batchnorm
 
 __all__ = ["fit", "train", "train_one_epoch", "evaluate", "evaluate_model", "EpochStats"]
@@ -60,9 +62,10 @@ def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp
     for x, y in loader.batches(0):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=amp):
             logits = model(x)
-        logits = logits.float()
+        logits = logits.float().cpu()  # the counts live on the CPU (a no-op there)
+        y = y.cpu()
         if not bool(torch.isfinite(logits).all()):
             raise NonFiniteError(f"the model produced NaN/inf outputs on {int((~torch.isfinite(logits)).any(1).sum())} "
                                  f"of {len(y)} images: its weights or normalisation are broken; no accuracy is reported")
@@ -75,9 +78,8 @@ def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp
             all_logits.append(logits)
             all_labels.append(y)
     if dist.is_available() and dist.is_initialized():
-        for t in (confusion, correct5):
-            dist.all_reduce(t)
-        dist.all_reduce(loss_sum)
+        for t in (confusion, correct5, loss_sum):
+            _all_reduce_host(t)
     total = int(confusion.sum())
     per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
     result = {
@@ -95,6 +97,16 @@ def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp
 
 
 evaluate_model = evaluate  # the name used before the train package existed
+
+
+def _all_reduce_host(t: torch.Tensor) -> None:
+    """Sum a CPU tensor over ranks (NCCL reduces only GPU tensors: a round trip through this rank's GPU)."""
+    if dist.get_backend() == "nccl":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu)
+        t.copy_(on_gpu.cpu())
+    else:
+        dist.all_reduce(t)
 
 
 @dataclass
@@ -135,6 +147,11 @@ class _Run:
     stop_at: int
     weights_metadata: dict[str, str]
     notify: Callback
+    device: torch.device = torch.device("cpu")
+    autocast_args: tuple[str, torch.dtype] = ("cpu", torch.bfloat16)
+    scaler: torch.amp.GradScaler | None = None
+    compile_pending: bool = False  # the next training step compiles the model (timed apart)
+    compile_time_s: float = 0.0
     step: int = 0
 
     def check_finite_weights(self, epoch: int) -> None:
@@ -148,6 +165,8 @@ class _Run:
         self.check_finite_weights(epoch)
         if self.ddp.main:
             extra: dict[str, Any] = {"epoch_stats": dataclasses.asdict(stats)}
+            if self.scaler is not None:  # fp16 AMP: the loss scale is part of the state
+                extra["grad_scaler"] = self.scaler.state_dict()
             if serve:
                 extra["serve"] = serve
             save_training_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, epoch=epoch,
@@ -172,7 +191,7 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
                                         run.steps_per_epoch) * group.get("lr_scale", 1.0)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
+        with torch.autocast(*run.autocast_args, enabled=cfg.amp):
             logits = run.net(x)
         loss = run.criterion(logits.float(), y)
         finite = torch.isfinite(loss.detach()).to(torch.int32)
@@ -185,8 +204,13 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
                 f"is {kept if kept else 'none (no checkpoint was written yet)'}; lower --lr or disable --amp "
                 "and resume with --resume")
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
+        if run.scaler is None:
+            loss.backward()
+            run.optimizer.step()
+        else:  # fp16 autocast: scaled gradients, steps with inf/NaN gradients skipped
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
         if run.ema is not None:
             run.ema.update(run.model)
         run.step += 1
@@ -195,6 +219,11 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
         stats.seen += batch
         stats.loss_sum += float(loss.detach()) * batch
         stats.correct += float((logits.detach().argmax(1) == y).sum())
+        if run.compile_pending:  # the first step compiled the model: its time is compile time, not training
+            synchronize(run.device)
+            run.compile_time_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run.compile_pending = False
         stats.train_time = time_before + time.perf_counter() - t0
         run.notify("step", {"step": run.step, "epoch": epoch, "loss": float(loss.detach()),
                             "accuracy": 100 * stats.correct / stats.seen,
@@ -208,8 +237,8 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
     return in_epoch, False
 
 
-def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback
-           ) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
+def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback,
+           device: torch.device = torch.device("cpu")) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
     s = settings
     init = read_init(cfg.init) if cfg.init else None
     # fine-tuning: the weights' own normalisation (train/finetune.py), at their resolution unless --resolution
@@ -219,7 +248,8 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution or (init_pre.resolution if init_pre else None),
         batch_size=s.batch_size // ddp.world_size,
         seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset, rank=ddp.rank, world_size=ddp.world_size,
-        workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding, preprocessing=init_pre)
+        workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding, preprocessing=init_pre,
+        device=device)  # on the CPU the same code runs (the in-memory data stays where it is)
     small_input = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
     torch.manual_seed(cfg.seed)
     if init is not None:
@@ -239,6 +269,8 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         raise TrainError(f"a batch of {s.batch_size // ddp.world_size} image(s) per process at {info.resolution} px "
                          f"leaves BatchNorm one value per channel in the last stage ({side}x{side}); use "
                          "--batch-size >= 2 or a larger --resolution")
+    if device.type != "cpu":
+        model = model.to(device)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     groups = (finetune_param_groups(model, s.weight_decay, cfg.backbone_lr_scale) if cfg.backbone_lr_scale != 1.0
@@ -250,7 +282,9 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
                        "label_smoothing": s.label_smoothing, "ema": s.ema, "bn_recalibration": s.bn_recalibration,
                        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                        "warmup_steps": int(s.warmup_epochs * steps_per_epoch), "world_size": ddp.world_size,
-                       "threads_per_process": threads, "small_input": small_input}
+                       "threads_per_process": threads, "small_input": small_input, "device": str(device),
+                       "amp_dtype": str(amp_dtype(device)).replace("torch.", "") if cfg.amp else None,
+                       "compile": bool(cfg.compile)}
     config_record = {
         "format": "mobilecnn-run/1",
         "model": cfg.model,
@@ -262,15 +296,22 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         "config": json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, out=s.out)))),
         "settings": record_settings,
     }
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp.world_size > 1 else model
+    net: nn.Module = model
+    if ddp.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net, dynamic=False)
     run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
-               criterion=nn.CrossEntropyLoss(label_smoothing=s.label_smoothing), train_loader=train_loader, info=info,
+               criterion=(SmoothedCrossEntropy(s.label_smoothing) if device.type == "cuda" and cfg.deterministic
+                          else nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)),
+               train_loader=train_loader, info=info,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                warmup_steps=int(s.warmup_epochs * steps_per_epoch),
                stop_at=min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps,
                # makes every weight file self-describing (predict/export from a lone .safetensors)
                weights_metadata={"data": json.dumps(info.to_dict()), "model_kwargs": json.dumps(model_kwargs)},
-               notify=notify)
+               notify=notify, device=device, autocast_args=(device.type, amp_dtype(device)),
+               scaler=grad_scaler(device, cfg.amp), compile_pending=bool(cfg.compile))
     return run, val_loader, record_settings, config_record
 
 
@@ -284,6 +325,8 @@ def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, sta
                               cfg.channels_last)
     record = stats.record(epoch + (in_epoch / run.steps_per_epoch if not epoch_done else 1), run.step,
                           run.ddp.world_size, run.optimizer.param_groups[0]["lr"])
+    if cfg.compile:
+        record["compile_time_s"] = run.compile_time_s  # the first step's time, kept out of train_time_s
     serve = None
     if last_epoch or (epoch + 1) % cfg.eval_every == 0:
         ev = evaluate(run.ema.module if run.ema is not None else run.model, val_loader, cfg.channels_last, cfg.amp,
@@ -314,7 +357,9 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
     events on rank 0.
     """
     settings = resolve(cfg)
-    ddp = init_distributed()
+    device = resolve_device(cfg.device, env_local_rank() if env_world_size() > 1 else None)
+    set_deterministic(device, cfg.deterministic)
+    ddp = init_distributed(device)
     if settings.batch_size % ddp.world_size:
         raise TrainError(f"--batch-size {settings.batch_size} must be divisible by the {ddp.world_size} processes")
     threads = cfg.threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size)))
@@ -328,7 +373,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
     # under the lock (another process may have started in between).
     if ddp.main:
         prepare_run_dir(cfg.identity(), run_dir, cfg.resume)
-    run, val_loader, record_settings, config_record = _setup(cfg, settings, ddp, run_dir, notify)
+    run, val_loader, record_settings, config_record = _setup(cfg, settings, ddp, run_dir, notify, device)
     with run_lock(run_dir) if ddp.main else contextlib.nullcontext():
         resume_from = prepare_run_dir(cfg.identity(), run_dir, cfg.resume) if ddp.main else None
         if ddp.world_size > 1:  # every rank resumes from what rank 0 found
@@ -341,6 +386,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
         start_epoch, start_in_epoch, stats = 0, 0, EpochStats()
         if resume_from is not None:
             state = load_training_state(resume_from, model=run.model, optimizer=run.optimizer, ema=run.ema)
+            if run.scaler is not None and isinstance(state.get("grad_scaler"), dict):
+                run.scaler.load_state_dict(state["grad_scaler"])
             run.step, start_epoch, start_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
             if start_in_epoch >= run.steps_per_epoch:
                 start_epoch, start_in_epoch = start_epoch + 1, 0
@@ -363,6 +410,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
         if ddp.main and not last_metrics and metrics_file.is_file():
             lines = metrics_file.read_text().strip().splitlines()
             last_metrics = json.loads(lines[-1]) if lines else {}
+        if cfg.compile:
+            last_metrics = {**last_metrics, "compile_time_s": run.compile_time_s}
         notify("end", {"run_dir": str(run_dir), **last_metrics})
         return {"run_dir": str(run_dir), **last_metrics}
 
