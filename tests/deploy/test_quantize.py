@@ -139,7 +139,7 @@ def test_int8_refused_when_drop_exceeds_max(tmp_path, trained, monkeypatch):
     import mobilecnn.deploy.export as export_mod
 
     real = export_mod.load_runtime
-    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1: (lambda a: np.roll(real(p, threads)(a), 1, axis=1)))
+    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1, **kw: (lambda a: np.roll(real(p, threads)(a), 1, axis=1)))
     model, calib, x, y = trained
     with pytest.raises(Int8AccuracyError, match="exceeds max_drop 0.5") as info:
         export_model(model, "onnx", tmp_path / "m.onnx", example=x[:1], verify_images=x[:16], int8=True,

@@ -33,6 +33,7 @@ from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights
 from mobilecnn.cli import main
 from mobilecnn.evaluate import evaluate_run
 from mobilecnn.runs.rundir import load_trained
+from mobilecnn.data.images import Preprocessing
 from mobilecnn.deploy.predict import Predictor, load_predictor, predict_files
 from mobilecnn.errors import UnknownModelError
 from mobilecnn.train import TrainConfig, train
@@ -284,9 +285,9 @@ def test_no_unsafe_deserialisation_in_the_source():
         if "torch.load(" in code:
             assert "weights_only=True" in code, (path, no, code)
         elif "Unpickler" in code:
-            assert path == "data.py" and "_NumpyOnlyUnpickler" in code, (path, no, code)
+            assert path == "data/cifar.py" and "_NumpyOnlyUnpickler" in code, (path, no, code)
         elif "jit.load(" in code:
-            assert path == "runtime.py", (path, no, code)  # exported .pt files only; see the predict test above
+            assert path == "deploy/runtime.py", (path, no, code)  # exported .pt files only; see the predict test above
         else:
             pytest.fail(f"unsafe deserialisation at {path}:{no}: {code}")
     assert any("jit.load(" in c for _, _, c in uses)  # the scan does see the one we know of
@@ -405,8 +406,8 @@ def photo_bytes() -> dict[str, bytes]:
 def predictors(run_dir) -> list[Predictor]:
     """The run's (1 channel, 32 px, squash) and a 3-channel center-crop stand-in."""
     rgb = Predictor(logits=lambda x: np.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3)), x.std((1, 2, 3))], 1),
-                    class_names=["a", "b", "c"], in_chans=3, resolution=48, mean=(0.5,) * 3, std=(0.25,) * 3,
-                    center_crop=True, source="stand-in")
+                    class_names=["a", "b", "c"], source="stand-in",
+                    preprocessing=Preprocessing(48, 3, (0.5,) * 3, (0.25,) * 3, resize="center_crop"))
     return [load_predictor(run_dir), rgb]
 
 

@@ -24,7 +24,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    resolution = args.resolution or (32 if args.small_input else 224)
+    resolution = args.resolution if args.resolution is not None else (32 if args.small_input else 224)
     model = create_model(args.name, small_input=args.small_input, in_chans=args.in_chans)
     result = profile(model, resolution)
     if args.json:

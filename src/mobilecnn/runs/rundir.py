@@ -150,6 +150,21 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _refuse_if_locked(run_dir: Path) -> None:
+    """Raise :class:`RunLockedError` when another process holds the run's lock (checked read-only)."""
+    try:
+        fd = os.open(run_dir / ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file (or a link, refused later by run_lock)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunLockedError(f"{run_dir} is in use by another mobilecnn train (lock held on {run_dir / '.lock'}); "
+                             "wait for it to finish or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
 def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str) -> Path | None:
     """Refuse a directory holding another run; return the checkpoint to resume from (or None).
 
@@ -158,6 +173,7 @@ def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str)
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
+    _refuse_if_locked(run_dir)
     config_file = run_dir / "config.json"
     ckpt = latest_checkpoint(run_dir)
     if resume == "auto":
