@@ -165,15 +165,19 @@ def _refuse_if_locked(run_dir: Path) -> None:
         os.close(fd)
 
 
-def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str) -> Path | None:
+def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str, check_lock: bool = True
+                    ) -> Path | None:
     """Refuse a directory holding another run; return the checkpoint to resume from (or None).
 
     Read-only: it creates and changes nothing, so a refused command leaves nothing behind.
     ``resume="auto"`` resumes when the directory holds a complete checkpoint of this run, else starts it.
+    ``check_lock``: first refuse a directory another process is training into (not when the caller
+    holds the lock itself).
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
-    _refuse_if_locked(run_dir)
+    if check_lock:
+        _refuse_if_locked(run_dir)
     config_file = run_dir / "config.json"
     ckpt = latest_checkpoint(run_dir)
     if resume == "auto":

@@ -375,7 +375,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
         prepare_run_dir(cfg.identity(), run_dir, cfg.resume)
     run, val_loader, record_settings, config_record = _setup(cfg, settings, ddp, run_dir, notify, device)
     with run_lock(run_dir) if ddp.main else contextlib.nullcontext():
-        resume_from = prepare_run_dir(cfg.identity(), run_dir, cfg.resume) if ddp.main else None
+        resume_from = prepare_run_dir(cfg.identity(), run_dir, cfg.resume, check_lock=False) if ddp.main else None
         if ddp.world_size > 1:  # every rank resumes from what rank 0 found
             box = [str(resume_from) if resume_from else ""]
             dist.broadcast_object_list(box, src=0)
