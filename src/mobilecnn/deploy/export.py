@@ -584,11 +584,28 @@ def export_run(
     check_count: int = 2000,
     max_drop: float = 0.5,
     threads: int = 1,
+    precision: str | None = None,
+    batch: int = 1,
+    seconds: float = 2.0,
 ) -> dict[str, Any]:
-    """Export a trained run; returns the export report plus the sidecar path. Raises on failure (nothing left)."""
-    fmt_info = format_named(fmt)
-    if int8 and (isinstance(calibration_count, bool) or not isinstance(calibration_count, int)
-                 or not 32 <= calibration_count <= MAX_CALIBRATION):  # calibration keeps every activation: OOM
+    """Export a trained run; returns the export report plus the sidecar path. Raises on failure (nothing left).
+
+    ``fmt="auto"``: every installed runtime x precision, verified and timed; the fastest verified file is
+    kept and the candidates table written beside it (:func:`mobilecnn.deploy.auto.auto_export`; ``batch``
+    and ``seconds`` of timing per candidate apply to it).
+    """
+    if precision is None:
+        precision = "int8" if int8 else "fp32"
+    elif int8 and precision != "int8":
+        raise UsageError(f"--int8 contradicts --precision {precision}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
+    auto = fmt == "auto"
+    fmt_info = None if auto else format_named(fmt)
+    quantized = precision == "int8" or auto
+    checked = precision != "fp32" or auto
+    if quantized and (isinstance(calibration_count, bool) or not isinstance(calibration_count, int)
+                      or not 32 <= calibration_count <= MAX_CALIBRATION):  # calibration keeps every activation: OOM
         raise UsageError(f"--calibration-count {calibration_count!r} is not accepted: it must be an integer in "
                          f"[32, {MAX_CALIBRATION}] (256-512 recommended)")
     loaded = load_trained(run)
@@ -598,26 +615,39 @@ def export_run(
     resolution = preprocessing.resolution
     if out is None:
         base = loaded.run_dir if loaded.run_dir is not None else Path(run).parent
-        out = Path(base) / "export" / f"{loaded.model_name}{'_int8' if int8 else ''}{fmt_info.suffix}"
+        tag = "_auto" if auto else ("" if precision == "fp32" else f"_{precision}")
+        out = Path(base) / "export" / f"{loaded.model_name}{tag}{'' if auto else fmt_info.suffix}"
     out = Path(out)
     own = info.get("preprocessing")  # a fine-tuned run: its init weights' normalisation
     verify, verify_labels = sample_images(dataset, data_dir=data_dir, resolution=resolution, split="val",
-                                          count=check_count if int8 else 256, preprocessing=own)
+                                          count=check_count if checked else 256, preprocessing=own)
     calibration = None
-    if int8:
+    if quantized:
         calibration, _ = sample_images(calibration_data or dataset, data_dir=data_dir, resolution=resolution,
                                        split="train", count=calibration_count,
                                        preprocessing=own)
     sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
-               "format": fmt, "int8": int8, "data": info, "preprocessing": preprocessing.to_dict()}
+               "format": fmt, "int8": precision == "int8", "data": info, "preprocessing": preprocessing.to_dict()}
     notes = []
     if calibration is not None and len(calibration) < 32:
         notes.append(f"int8 calibrated on only {len(calibration)} training images (the dataset has no more): "
                      "ranges may be poor, the accuracy check decides")
+    if auto:
+        from .auto import auto_export
+
+        if out.suffix.lower() in {s for f in FORMATS.values() for s in f.suffixes}:
+            out = out.with_suffix("")
+        result = auto_export(loaded.model, out, example=verify[:1], verify_images=verify[:256],
+                             calibration=calibration, check_images=verify, check_labels=verify_labels,
+                             max_drop=max_drop, threads=threads, batch=batch, seconds=seconds, sidecar=sidecar)
+        result["notes"] = notes
+        if result["kept"]:
+            result["sidecar"] = result["kept"] + SIDECAR_SUFFIX
+        return result
     report = export_model(
-        loaded.model, fmt, out, example=verify[:1], verify_images=verify[:256], int8=int8, calibration=calibration,
-        check_images=verify if int8 else None, check_labels=verify_labels if int8 else None, max_drop=max_drop,
-        threads=threads, sidecar=sidecar,
+        loaded.model, fmt, out, example=verify[:1], verify_images=verify[:256], precision=precision,
+        calibration=calibration, check_images=verify if checked else None,
+        check_labels=verify_labels if checked else None, max_drop=max_drop, threads=threads, sidecar=sidecar,
     )
     report.notes.extend(notes)
     result = report.to_dict()
