@@ -342,5 +342,5 @@ def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int =
             handle.remove()
             m.weight.data = saved
         kl = float((ref.exp() * (ref - out)).sum(1).mean())
-        scores.append((name, kl))
+        scores.append((name, max(kl, 0.0)))  # rounding can make a ~0 KL slightly negative
     return sorted(scores, key=lambda t: -t[1])
