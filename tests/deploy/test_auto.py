@@ -47,3 +47,25 @@ def test_export_precision_flags(tiny_run, tmp_path, capsys):
     assert "bf16" in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--format", "onnx", "--int8", "--precision", "fp32"]) == 2
     assert "contradicts" in capsys.readouterr().err
+
+
+def test_paired_times_and_bootstrap_ratio():
+    import time as _t
+
+    from mobilecnn.deploy.auto import bootstrap_ratio, paired_times
+
+    t = paired_times({"fast": lambda: None, "slow": lambda: _t.sleep(0.002)}, seconds=0.05, min_rounds=5)
+    assert t["rounds"] >= 5 and t["median_ms"]["slow"] > t["median_ms"]["fast"]
+    assert all(len(v) == t["rounds"] for v in t["per_round_ms"].values())
+    med, lo, hi = bootstrap_ratio([2.0, 2.2, 1.8, 2.0], [1.0, 1.0, 1.0, 1.0])
+    assert lo <= med <= hi and 1.8 <= lo and hi <= 2.2
+
+
+def test_bf16_detection_is_a_bool():
+    from mobilecnn.deploy.auto import auto_candidates
+    from mobilecnn.deploy.runtime import bf16_supported
+
+    assert isinstance(bf16_supported(), bool)
+    pairs = auto_candidates()
+    assert ("torchscript", "fp32") in pairs and ("torchscript", "int8") not in pairs
+    assert all(p != "bf16" or f == "openvino" for f, p in pairs)
