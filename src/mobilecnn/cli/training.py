@@ -155,7 +155,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int, default=None, help="override the number of seeds")
     p.add_argument("--auto", action="store_true",
                    help="also `export --format auto` each seed-0 run: the fastest verified file's latency, runtime and "
-                        "precision beside fp32's (adds ~1-2 min per model on 2 cores)")
+                        "precision beside fp32's (adds ~5 min per model on 2 busy cores; measured 4.8 min)")
     p.add_argument("--threads", type=positive_int, default=None, help="training threads (default: the free cores)")
     p.add_argument("--out", default=None, help="output directory (default reports/quick or reports/full)")
     p.add_argument("--report-only", action="store_true",
