@@ -1,23 +1,31 @@
-"""Issue 4 performance check: batch 1, one thread, 224 px, every deployment path.
+"""Issue 15: is any mobilecnn deployment path slower than a plain export? Paired, on one machine.
 
-Targets, each as the ratio of medians to torchvision ``mobilenet_v2()`` in plain eager mode (BN
-unfolded, NCHW) measured in the same run:
+For each architecture, every path is timed in the same *rounds*: each round runs every path a few
+times (batch 1 by default, one thread) in a freshly shuffled order, and ``/proc/stat`` is read around
+the round; a round in which other processes used more than ``--max-other-load`` of a core is dropped
+(it slows whichever paths it happened to hit). Ratios are per-round paired ratios of medians, with a
+bootstrap 95% interval over the kept rounds.
 
-* best fp32 deployed path (compiled / onnxruntime / OpenVINO / ExecuTorch) of ``mobilenet_v2_x1_0``
-  <= 0.30x;
-* best fp32 deployed path of ``shufflenet_v1_g3_x1_0`` <= 0.25x;
-* best valid int8 path of ``mobilenet_v2_x1_0`` <= 0.15x (int8 files calibrated on random images:
-  latency only; OpenVINO int8 is invalid for ShuffleNet g=3, see MEASURED.md);
-* achieved GFLOP/s of the best fp32 MobileNetV2 path (2 x 300.8 M MACs = 601.5 MFLOP per image)
-  >= 50% of this core's fp32 GEMM peak, measured here with ``torch.mm`` 2048^3 on one thread;
-* ShuffleNet 1x g=3 vs MobileNetV2 1.0 vs MobileNet V1 0.5 on each backend (ShuffleNet Table 5
-  compares against MobileNet V1; the papers' phone latencies are in SPEC.md).
+Plain counterparts (what a user gets without mobilecnn):
 
-Writes ``benchmarks/results/deploy_speed.{json,md,png}``. Runs in < 10 min on 2 cores; ``--quick``
-(no torch.compile, shorter timing) in ~3-5 min. Numbers on a shared VM move +-30% between runs
-(MEASURED.md): the load average is recorded with every row; rerun on an idle machine for final figures.
+* ``mobilenet_v2_x1_0`` -- torchvision's ``mobilenet_v2`` (same architecture) in eager mode and
+  through each runtime's default converter (``torch.onnx.export`` dynamo, ``ov.convert_model`` of the
+  torch module, ``torch.export`` + XNNPACK lowering), BatchNorm statistics made non-trivial;
+* ``shufflenet_v1_g3_x1_0`` and ``mobilenet_v1_x1_0`` -- our own model (BN unfolded) through each
+  runtime's default converter.
 
-Usage: ``python benchmarks/deploy_speed.py [--quick] [--out-dir DIR] [--min-time S]``
+mobilecnn paths: eager, and :func:`mobilecnn.deploy.export.export_model` per format (fp32), plus
+``auto`` (the fastest verified file of ``export --format auto``; here latency only -- random weights,
+so the int8/bf16 accuracy check is not run: the Fashion-MNIST runs of ``reproduce --quick`` check it).
+
+Aims (upper 95% bound of the paired ratio): every mobilecnn path <= 1.02x its plain counterpart;
+``auto`` of mobilenet_v2_x1_0 <= 0.55x the best plain fp32 path; ``auto`` of shufflenet_v1_g3_x1_0
+<= 0.6x ``auto`` of mobilenet_v2_x1_0 (ratio of medians, the two are timed in separate groups).
+
+Writes ``benchmarks/results/deploy_speed.{json,md}``. ``--quick``: two models, 8 rounds (~5-10 min on
+two busy cores) to show it works; the full run (3 models, 60 rounds) wants an idle machine.
+
+Usage: ``python benchmarks/deploy_speed.py [--quick] [--rounds N] [--threads T] [--batch B] [--out-dir DIR]``
 """
 
 from __future__ import annotations
@@ -25,174 +33,300 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import random
+import resource
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's GEMM yardstick on one thread, set before import
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-from mobilecnn.bench import (  # noqa: E402
-    REFERENCE_BACKEND,
-    REFERENCE_MODEL,
-    BenchRow,
-    bench_markdown,
-    benchmark,
-    time_callable,
-    write_bench_outputs,
-)
+from mobilecnn import create_model  # noqa: E402
+from mobilecnn.deploy.auto import auto_export, bootstrap_ratio  # noqa: E402
+from mobilecnn.deploy.export import export_model  # noqa: E402
+from mobilecnn.deploy.runtime import bf16_supported, load_runtime  # noqa: E402
 from mobilecnn.runs.files import atomic_write_text  # noqa: E402
 
-MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v1_x0_5"]
-FP32_DEPLOYED = ["compiled", "onnxruntime", "openvino", "executorch"]
-INT8 = ["onnxruntime_int8", "openvino_int8", "executorch_int8"]
-TARGETS = {"mobilenet_v2_fp32": 0.30, "shufflenet_g3_fp32": 0.25, "mobilenet_v2_int8": 0.15, "gemm_fraction": 0.50}
+MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v1_x1_0"]
+QUICK_MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0"]
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte"}
+AIM_PATH, AIM_AUTO_VS_PLAIN, AIM_SHUFFLE_VS_V2 = 1.02, 0.55, 0.6
 
 
-def gemm_peak(repeats: int) -> dict[str, float]:
-    """fp32 GFLOP/s of a 2048^3 GEMM on one thread: ``torch.mm`` (MKL; MEASURED.md: 159 on its Intel
-    Xeon) and, as a second yardstick, numpy's ``@`` (OpenBLAS): MKL is known to pick slow code paths on
-    AMD CPUs, where it can fall well below what the core does. ``best_gflops`` is the higher of the two."""
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    an, bn = a.numpy(), b.numpy()
-    flop = 2.0 * n ** 3
-    mm = time_callable(lambda: torch.mm(a, b), warmup=2, repeats=repeats, min_time_s=0.0)
-    npm = time_callable(lambda: an @ bn, warmup=2, repeats=repeats, min_time_s=0.0)
-    torch_best, numpy_best = flop / min(mm) / 1e9, flop / min(npm) / 1e9
-    return {"torch_mm_gflops": torch_best, "torch_mm_median_gflops": flop / statistics.median(mm) / 1e9,
-            "numpy_matmul_gflops": numpy_best, "best_gflops": max(torch_best, numpy_best), "runs": len(mm)}
+def _nontrivial_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Trained-looking BN statistics (running mean/var, affine) so no conv folds to something trivial."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
+    return model.eval()
 
 
-def best(rows: list[BenchRow], model: str, backends: list[str]) -> BenchRow | None:
-    cands = [r for r in rows if r.model == model and r.backend in backends and r.median_ms is not None and r.valid]
-    return min(cands, key=lambda r: r.median_ms) if cands else None
+def _quiet():
+    warnings.filterwarnings("ignore")
 
 
-def summarise(rows: list[BenchRow], peak: dict[str, float]) -> dict:
-    refs = [r for r in rows if r.model == REFERENCE_MODEL and r.backend == REFERENCE_BACKEND and r.median_ms]
-    ref = min(refs, key=lambda r: r.median_ms) if refs else None  # timed first and last; the faster is the base
-    ref_min = min(r.min_ms for r in refs) if refs else None
-
-    def entry(row: BenchRow | None, target: float) -> dict:
-        if row is None or ref is None:
-            return {"backend": None, "ratio": None, "target": target, "met": None}
-        return {"backend": row.backend, "median_ms": row.median_ms, "min_ms": row.min_ms,
-                "ratio": row.ratio_to_reference, "ratio_of_min": row.min_ms / ref_min, "target": target,
-                "met": row.ratio_to_reference <= target}
-
-    mnv2 = best(rows, "mobilenet_v2_x1_0", FP32_DEPLOYED)
-    summary = {
-        "reference": {"model": REFERENCE_MODEL, "backend": REFERENCE_BACKEND,
-                      "median_ms": ref.median_ms if ref else None, "min_ms": ref_min,
-                      "medians_first_last": [r.median_ms for r in refs]},
-        "mobilenet_v2_fp32": entry(mnv2, TARGETS["mobilenet_v2_fp32"]),
-        "shufflenet_g3_fp32": entry(best(rows, "shufflenet_v1_g3_x1_0", FP32_DEPLOYED), TARGETS["shufflenet_g3_fp32"]),
-        "mobilenet_v2_int8": entry(best(rows, "mobilenet_v2_x1_0", INT8), TARGETS["mobilenet_v2_int8"]),
-        "gemm_peak": peak,
-    }
-    if mnv2 is not None:
-        flop = 2.0 * mnv2.macs
-        achieved = flop / (mnv2.median_ms / 1e3) / 1e9
-        achieved_min = flop / (mnv2.min_ms / 1e3) / 1e9
-        summary["mobilenet_v2_gflops"] = {
-            "mflop_per_image": flop / 1e6, "backend": mnv2.backend, "gflops_at_median": achieved,
-            "gflops_at_min": achieved_min, "fraction_of_peak": achieved / peak["best_gflops"],
-            "fraction_of_peak_at_min": achieved_min / peak["best_gflops"], "target": TARGETS["gemm_fraction"],
-            "met": achieved / peak["best_gflops"] >= TARGETS["gemm_fraction"]}
-    per_backend: dict[str, dict[str, float | None]] = {}
-    for r in rows:
-        if r.model in MODELS:
-            per_backend.setdefault(r.backend, {})[r.model] = r.median_ms if r.valid else None
-    summary["per_backend_median_ms"] = per_backend
-    return summary
+# ------------------------------------------------------------------------------------- plain exports
+def plain_onnx(model: nn.Module, x: torch.Tensor, path: Path):
+    import onnxruntime as ort
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), dynamo=True, verbose=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda a: s.run(None, {name: a})[0]
 
 
-def summary_markdown(s: dict, meta: dict) -> str:
-    def line(key: str, label: str) -> str:
-        e = s[key]
-        if e.get("ratio") is None:
-            return f"| {label} | - | - | <= {e['target']:.2f}x | not measured |"
-        return (f"| {label} | {e['backend']} | {e['median_ms']:.2f} ms ({e['ratio']:.3f}x; min {e['ratio_of_min']:.3f}x) "
-                f"| <= {e['target']:.2f}x | {'met' if e['met'] else 'NOT met'} |")
+def plain_openvino(model: nn.Module, x: torch.Tensor, precision: str = "f32"):
+    import openvino as ov
+    with torch.no_grad():
+        m = ov.convert_model(model, example_input=x)
+    c = ov.Core().compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": THREADS, "NUM_STREAMS": 1,
+                                           "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
+    r = c.create_infer_request()
+    return lambda a: r.infer({0: a})
 
-    ref = s["reference"]
-    out = [
-        "# Deployment speed (issue 4): batch 1, 1 thread, 224 px",
-        "",
-        f"Machine: {meta.get('cpu')}; torch {meta.get('torch')}, onnxruntime {meta.get('onnxruntime')}, "
-        f"openvino {meta.get('openvino')}, executorch {meta.get('executorch')}. Load average before/after: "
-        f"{meta.get('loadavg_start')} / {meta.get('loadavg_end')}. Mode: {meta.get('mode')}, wall {meta.get('wall_s'):.0f} s.",
-        "",
-        "Ratios are medians over the median of torchvision mobilenet_v2 eager (BN unfolded, NCHW) in the same run, "
-        "timed first and last, the faster used "
-        f"({' / '.join(f'{v:.2f}' for v in ref['medians_first_last'])} ms median, {ref['min_ms']:.2f} ms min)."
-        if ref["median_ms"] else "Reference missing.",
-        "",
-        "| check | best path | time (ratio) | target | |",
-        "|---|---|---|---|---|",
-        line("mobilenet_v2_fp32", "MobileNetV2 1.0 fp32"),
-        line("shufflenet_g3_fp32", "ShuffleNet 1x g=3 fp32"),
-        line("mobilenet_v2_int8", "MobileNetV2 1.0 int8 (latency only)"),
-    ]
-    g = s.get("mobilenet_v2_gflops")
-    peak = s["gemm_peak"]
-    if g:
-        out.append(f"| MobileNetV2 fp32 GFLOP/s vs GEMM peak | {g['backend']} | {g['gflops_at_median']:.1f} GFLOP/s = "
-                   f"{100 * g['fraction_of_peak']:.0f}% of {peak['best_gflops']:.0f} (at min: "
-                   f"{100 * g['fraction_of_peak_at_min']:.0f}%) | >= 50% | {'met' if g['met'] else 'NOT met'} |")
-        out += ["", f"GEMM yardsticks (2048^3 fp32, 1 thread, best of runs before/after): torch.mm (MKL) "
-                f"{peak['torch_mm_gflops']:.1f}/{peak.get('torch_mm_gflops_after', float('nan')):.1f} GFLOP/s, numpy "
-                f"(OpenBLAS) {peak['numpy_matmul_gflops']:.1f}/{peak.get('numpy_matmul_gflops_after', float('nan')):.1f}. "
-                "Above 100% means the yardstick GEMM is below this core's real peak (MKL on AMD CPUs), not that "
-                "the network beats it."]
-    out += ["", "## ShuffleNet 1x g=3 vs MobileNetV2 1.0 vs MobileNet V1 0.5 (median ms)", "",
-            "| backend | " + " | ".join(MODELS) + " |", "|---|" + "---|" * len(MODELS)]
-    for backend, vals in s["per_backend_median_ms"].items():
-        out.append(f"| {backend} | " + " | ".join("-" if vals.get(m) is None else f"{vals[m]:.2f}" for m in MODELS) + " |")
-    return "\n".join(out) + "\n"
+
+def plain_executorch(model: nn.Module, x: torch.Tensor, path: Path):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.extension.pybindings import portable_lib as p
+    prog = torch.export.export(model, (x,))
+    buf = to_edge_transform_and_lower(prog, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    path.write_bytes(buf)
+    p._unsafe_reset_threadpool(THREADS)
+    m = p._load_for_executorch(str(path))
+    return lambda a: m.forward((torch.from_numpy(a),))
+
+
+def eager(model: nn.Module):
+    def run(a: np.ndarray):
+        with torch.inference_mode():
+            return model(torch.from_numpy(a))
+    return run
+
+
+# ------------------------------------------------------------------------------------- timing
+def _busy_s() -> float:
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def paired_rounds(paths: dict, x: np.ndarray, rounds: int, calls: int, max_other: float, seed: int = 0) -> dict:
+    names = list(paths)
+    for fn in paths.values():
+        for _ in range(3):
+            fn(x)
+    rng = random.Random(seed)
+    kept: dict[str, list[float]] = {n: [] for n in names}
+    dropped, loads = 0, []
+    for _ in range(rounds):
+        order = names[:]
+        rng.shuffle(order)
+        b0, s0, t0 = _busy_s(), _self_s(), time.perf_counter()
+        this = {}
+        for n in order:
+            fn, ts = paths[n], []
+            for _ in range(calls):
+                a = time.perf_counter()
+                fn(x)
+                ts.append(time.perf_counter() - a)
+            this[n] = 1e3 * statistics.median(ts)
+        wall = time.perf_counter() - t0
+        other = max(0.0, (_busy_s() - b0) - (_self_s() - s0)) / max(wall, 1e-9)
+        loads.append(other)
+        if other > max_other:
+            dropped += 1
+            continue
+        for n, v in this.items():
+            kept[n].append(v)
+    return {"kept": len(next(iter(kept.values()))), "dropped": dropped, "other_load": loads, "per_round_ms": kept}
+
+
+def ratio(t: dict, a: str, b: str) -> list[float] | None:
+    pr = t["per_round_ms"]
+    if not pr.get(a) or not pr.get(b):
+        return None
+    return list(bootstrap_ratio(pr[a], pr[b]))
+
+
+# ------------------------------------------------------------------------------------- one architecture
+def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other: float, work: Path,
+            auto_seconds: float) -> dict:
+    torch.manual_seed(0)
+    ours = _nontrivial_bn(create_model(name))
+    if name.startswith("mobilenet_v2"):
+        import torchvision
+        plain = _nontrivial_bn(torchvision.models.mobilenet_v2(weights=None))
+        plain_label = "torchvision mobilenet_v2"
+    else:
+        import copy
+        plain = copy.deepcopy(ours)
+        plain_label = f"{name} (BN unfolded), default converters"
+    x = torch.randn(batch, 3, res, res)
+    images = torch.randn(64, 3, res, res)
+    paths: dict[str, object] = {}
+    pairs: list[tuple[str, str]] = []
+    notes: list[str] = []
+    if name.startswith("mobilenet_v2"):
+        paths["plain eager"], paths["mobilecnn eager"] = eager(plain), eager(ours)
+        pairs.append(("mobilecnn eager", "plain eager"))
+    for fmt, suffix in FORMATS.items():
+        try:
+            if fmt == "onnx":
+                paths["plain onnxruntime"] = plain_onnx(plain, x, work / f"{name}_plain.onnx")
+            elif fmt == "openvino":
+                paths["plain openvino"] = plain_openvino(plain, x)
+            else:
+                paths["plain executorch"] = plain_executorch(plain, x, work / f"{name}_plain.pte")
+            out = work / f"{name}_ours{suffix}"
+            ex = x if fmt == "executorch" else x[:1]
+            export_model(ours, fmt, out, example=ex, verify_images=images[:8])
+            rt = load_runtime(out, threads=THREADS, trusted=True)
+            label = {"onnx": "onnxruntime"}.get(fmt, fmt)
+            paths[f"mobilecnn {label}"] = rt
+            pairs.append((f"mobilecnn {label}", f"plain {label}"))
+        except Exception as exc:  # noqa: BLE001 - a missing runtime skips its pair
+            notes.append(f"{fmt}: {type(exc).__name__}: {str(exc)[:200]}")
+    if bf16_supported():
+        paths["plain openvino bf16"] = plain_openvino(plain, x, "bf16")
+    t0 = time.time()
+    auto = auto_export(ours, work / f"{name}_auto", example=x[:1], verify_images=images[:8], calibration=images,
+                       check_images=None, check_labels=None, check_accuracy=False, threads=THREADS, batch=batch,
+                       seconds=auto_seconds)
+    auto_s = time.time() - t0
+    if auto["kept"]:
+        paths["mobilecnn auto"] = load_runtime(auto["kept"], threads=THREADS, trusted=True)
+    t = paired_rounds(paths, x.numpy(), rounds, calls, max_other)
+    med = {n: (statistics.median(v) if v else None) for n, v in t["per_round_ms"].items()}
+    plain_fp32 = [n for n in med if n.startswith("plain") and "bf16" not in n and med[n] is not None]
+    best_plain = min(plain_fp32, key=lambda n: med[n]) if plain_fp32 else None
+    result = {"model": name, "plain": plain_label, "resolution": res, "batch": batch,
+              "rounds_kept": t["kept"], "rounds_dropped": t["dropped"],
+              "other_load_median": statistics.median(t["other_load"]) if t["other_load"] else None,
+              "median_ms": med, "pairs": {a: {"vs": b, "ratio": ratio(t, a, b)} for a, b in pairs},
+              "best_plain_fp32": best_plain,
+              "auto": {"choice": (auto.get("best") or {}).get("candidate"), "seconds": round(auto_s, 1),
+                       "vs_best_plain_fp32": ratio(t, "mobilecnn auto", best_plain) if best_plain else None,
+                       "candidates": [{k: r.get(k) for k in ("candidate", "status", "latency_ms", "why")}
+                                      for r in auto["candidates"]]},
+              "notes": notes}
+    return result
+
+
+def summarise(results: list[dict]) -> dict:
+    aims = []
+    for r in results:
+        for a, p in r["pairs"].items():
+            if p["ratio"]:
+                aims.append({"aim": f"{r['model']}: {a} <= {AIM_PATH}x {p['vs']}", "value": p["ratio"],
+                             "met": p["ratio"][2] <= AIM_PATH})
+    by = {r["model"]: r for r in results}
+    v2 = by.get("mobilenet_v2_x1_0")
+    if v2 and v2["auto"]["vs_best_plain_fp32"]:
+        val = v2["auto"]["vs_best_plain_fp32"]
+        aims.append({"aim": f"mobilenet_v2_x1_0: auto <= {AIM_AUTO_VS_PLAIN}x best plain fp32 ({v2['best_plain_fp32']})",
+                     "value": val, "met": val[2] <= AIM_AUTO_VS_PLAIN})
+    sh = by.get("shufflenet_v1_g3_x1_0")
+    if v2 and sh and v2["median_ms"].get("mobilecnn auto") and sh["median_ms"].get("mobilecnn auto"):
+        val = sh["median_ms"]["mobilecnn auto"] / v2["median_ms"]["mobilecnn auto"]
+        aims.append({"aim": f"auto shufflenet_v1_g3_x1_0 <= {AIM_SHUFFLE_VS_V2}x auto mobilenet_v2_x1_0 "
+                            "(ratio of medians)", "value": [val, val, val], "met": val <= AIM_SHUFFLE_VS_V2})
+    return {"aims": aims, "all_met": all(a["met"] for a in aims) if aims else None}
+
+
+def markdown(meta: dict, results: list[dict], summary: dict) -> str:
+    lines = ["# deploy_speed (issue 15): mobilecnn paths vs plain exports, paired", "",
+             f"{meta['cpu']}; batch {meta['batch']}, {meta['threads']} thread(s), {meta['resolution']} px; "
+             f"{meta['rounds']} rounds x {meta['calls']} calls per path; rounds with other load > "
+             f"{meta['max_other_load']} core dropped; load average at start {meta['loadavg']}."
+             + (" **--quick run: too few rounds for final figures.**" if meta["quick"] else ""), ""]
+    for r in results:
+        lines += [f"## {r['model']} (plain: {r['plain']})", "",
+                  f"rounds kept {r['rounds_kept']}, dropped {r['rounds_dropped']}; auto chose "
+                  f"**{r['auto']['choice']}** (auto took {r['auto']['seconds']} s)", "",
+                  "| path | median (ms) | paired ratio vs plain [95% CI] |", "|---|---|---|"]
+        for n, m in sorted(r["median_ms"].items(), key=lambda kv: kv[1] or 1e9):
+            p = r["pairs"].get(n)
+            rr = p["ratio"] if p else (r["auto"]["vs_best_plain_fp32"] if n == "mobilecnn auto" else None)
+            vs = (f" vs {p['vs']}" if p else (f" vs {r['best_plain_fp32']}" if rr else ""))
+            txt = f"{rr[0]:.3f} [{rr[1]:.3f}, {rr[2]:.3f}]{vs}" if rr else "-"
+            lines.append(f"| {n} | {'-' if m is None else f'{m:.3f}'} | {txt} |")
+        for note in r["notes"]:
+            lines.append(f"\nnote: {note}")
+        lines.append("")
+    lines += ["## Aims", "", "| aim | value [95% CI] | met |", "|---|---|---|"]
+    for a in summary["aims"]:
+        v = a["value"]
+        lines.append(f"| {a['aim']} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] | {'yes' if a['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+THREADS = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="skip torch.compile, shorter timing (~3-5 min)")
+    global THREADS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--calls", type=int, default=None, help="calls per path per round")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--max-other-load", type=float, default=0.15)
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--min-time", type=float, default=None, help="seconds of timed calls per row")
     args = parser.parse_args(argv)
-
-    torch.set_num_threads(1)
-    load_start = os.getloadavg()
-    if load_start[0] > 0.5:
-        print(f"warning: load average {load_start[0]:.2f}: another process is using a core; timings are provisional",
-              file=sys.stderr)
-    t0 = time.time()
-    backends = ["eager"] + (FP32_DEPLOYED[1:] if args.quick else FP32_DEPLOYED) + INT8
-    min_time = args.min_time if args.min_time is not None else (0.5 if args.quick else 2.0)
-    repeats = 20 if args.quick else 50
-    peak = gemm_peak(5 if args.quick else 10)
-    print(f"fp32 GEMM (1 thread): torch.mm {peak['torch_mm_gflops']:.1f} GFLOP/s, numpy {peak['numpy_matmul_gflops']:.1f}",
-          flush=True)
-    rows = benchmark(MODELS, backends, [1], [1], 224, warmup=5, repeats=repeats, min_time_s=min_time,
-                     reference_backends=["eager"])
-    peak_after = gemm_peak(5 if args.quick else 10)
-    peak = {**peak, "torch_mm_gflops_after": peak_after["torch_mm_gflops"],
-            "numpy_matmul_gflops_after": peak_after["numpy_matmul_gflops"],
-            "best_gflops": max(peak["best_gflops"], peak_after["best_gflops"])}
-    meta = {"mode": "quick" if args.quick else "full", "loadavg_start": [round(v, 2) for v in load_start],
-            "loadavg_end": [round(v, 2) for v in os.getloadavg()], "wall_s": time.time() - t0,
-            "batch": 1, "threads": 1, "resolution": 224}
-    summary = summarise(rows, peak)
-    paths = write_bench_outputs(rows, args.out_dir, stem="deploy_speed", meta={**meta, "summary": summary})
-    info = json.loads(paths["json"].read_text())["meta"]
-    text = summary_markdown(summary, info) + "\n## All rows\n\n" + bench_markdown(rows)
-    atomic_write_text(paths["md"], text)
-    print(summary_markdown(summary, info))
-    print("wrote", ", ".join(str(p) for p in paths.values()))
+    _quiet()
+    THREADS = args.threads
+    torch.set_num_threads(args.threads)
+    models = args.models or (QUICK_MODELS if args.quick else MODELS)
+    rounds = args.rounds or (8 if args.quick else 60)
+    calls = args.calls or (5 if args.quick else 10)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    meta = {"cpu": cpu, "threads": args.threads, "batch": args.batch, "resolution": args.resolution,
+            "rounds": rounds, "calls": calls, "max_other_load": args.max_other_load, "quick": args.quick,
+            "loadavg": open("/proc/loadavg").read().split()[:3], "bf16": bf16_supported(),
+            "torch": torch.__version__, "python": sys.version.split()[0]}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            t0 = time.time()
+            results.append(measure(name, args.resolution, args.batch, rounds, calls, args.max_other_load, Path(tmp),
+                                   auto_seconds=1.0 if args.quick else 3.0))
+            results[-1]["seconds"] = round(time.time() - t0, 1)
+            print(f"{name}: done in {results[-1]['seconds']} s", file=sys.stderr)
+    summary = summarise(results)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"meta": meta, "results": results, "summary": summary}
+    atomic_write_text(args.out_dir / "deploy_speed.json", json.dumps(data, indent=2, default=str) + "\n")
+    text = markdown(meta, results, summary)
+    atomic_write_text(args.out_dir / "deploy_speed.md", text)
+    print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -293,9 +293,8 @@ def _bench_backend(name: str, module: nn.Module, backend: str, threads: list[int
     if int8:
         notes_common.append("int8 latency only: accuracy not checked" + (" (random calibration)" if random_calib else ""))
         if base == "openvino" and openvino_int8_risky_convs(module):
-            valid = False
-            notes_common.append("OpenVINO int8 output is WRONG for this model (grouped 1x1 convs with 20/30 channels "
-                                "per group, docs/deployment.md); export_model refuses it")
+            notes_common.append("grouped 1x1 convs with 20/30 channels per group (a suspected OpenVINO int8 weak spot, "
+                                "docs/deployment.md): export checks the accuracy and keeps sensitive layers in float")
 
     def export_for(batch: int) -> tuple[Path, list[str]]:
         key = batch if base == "executorch" else None  # ExecuTorch files have a static batch
@@ -489,3 +488,41 @@ def run_bench(
         rows.extend(group_rows)
     outputs = write_bench_outputs(rows, out_dir, meta={"targets": list(targets)})
     return rows, outputs
+
+
+def run_bench_auto(targets: Sequence[str], *, threads: int = 1, batch: int = 1, resolution: int | None = None,
+                   small_input: bool = False, out_dir: str | Path = "bench", seconds: float = 2.0,
+                   max_drop: float = 0.5) -> list[dict[str, Any]]:
+    """``bench --auto``: the ``export --format auto`` candidates table for each target.
+
+    A run directory gets the real thing (its test images, its training images for calibration; the
+    fastest file is kept in ``out_dir``). A registered name is measured untrained on random normal images,
+    whose "labels" are the float model's own predictions: the drop is then 100 - agreement with fp32, and
+    nothing is kept (``<name>.auto.json``/``.md`` only).
+    """
+    from .deploy.auto import auto_export
+    from .deploy.export import export_run
+
+    check_output_dir(out_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for target in list(targets) or ["shufflenet_v1_g3_x1_0", "mobilenet_v2_x1_0"]:
+        if Path(target).is_dir():
+            loaded = load_trained(target)
+            results.append(export_run(target, "auto", out / f"{loaded.model_name}_auto", threads=threads,
+                                      batch=batch, seconds=seconds, max_drop=max_drop))
+            continue
+        get_model_entry(target)
+        res = resolution or (32 if small_input else 224)
+        torch.manual_seed(0)
+        model = create_model(target, small_input=small_input).eval()
+        images = torch.randn(96, 3, res, res)
+        with torch.no_grad():
+            labels = model(images).argmax(1)
+        result = auto_export(model, out / target, example=images[:1], verify_images=images[:32],
+                             calibration=images[:64], check_images=images, check_labels=labels, max_drop=max_drop,
+                             threads=threads, batch=batch, seconds=seconds, keep=False,
+                             sidecar={"model": target})
+        results.append(result)
+    return results

@@ -66,6 +66,10 @@ class ReproducePlan:
     int8_check_images: int = 10000
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
     device: str = "auto"  # training/evaluation device (--device); latency is always measured on the CPU
+    # export --format auto of the seed-0 run: latency of the fastest verified file (runtime + precision) beside
+    # fp32's; off by default: it adds the auto time per model (docs/deployment.md) to the plan
+    auto: bool = False
+    auto_seconds: float = 1.0
 
 
 #: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 8,000 images, int8 checked
@@ -89,6 +93,9 @@ class ModelResult:
     int8_fp32_top1: float | None = None  # fp32 top-1 on the images the int8 check used
     int8_note: str = ""
     latency_ms: float | None = None
+    auto_latency_ms: float | None = None
+    auto_choice: str = ""  # "runtime precision" of the file auto kept, or why none
+    auto_time_s: float | None = None
     train_time_s: list[float] = field(default_factory=list)
     paper_mflops: float | None = None
     paper_top1_error: float | None = None
@@ -178,6 +185,8 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         res.latency_ms = _latency(first_run, plan)
         if plan.int8:
             res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan.int8_check_images)
+        if plan.auto:
+            res.auto_latency_ms, res.auto_choice, res.auto_time_s = _auto(first_run, plan)
         results[key] = res
         notify("done", {"key": key, "top1": res.mean})
     elapsed = time.perf_counter() - started
@@ -232,6 +241,21 @@ def _int8(run: Path, check_count: int) -> tuple[float | None, float | None, str]
             return None, None, f"int8 export failed: {exc}"
     report = result.get("int8_report") or {}
     return report.get("int8_top1"), report.get("fp32_top1"), ""
+
+
+def _auto(run: Path, plan: ReproducePlan) -> tuple[float | None, str, float]:
+    """``export --format auto`` of ``run`` (batch 1, 1 thread): latency of the kept file, "runtime precision"."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            result = export_run(run, "auto", Path(tmp) / "m", check_count=plan.int8_check_images,
+                                seconds=plan.auto_seconds)
+        except (ValueError, ImportError) as exc:
+            return None, f"auto failed: {exc}", time.perf_counter() - started
+    best = result.get("best")
+    if not best:
+        return None, "no verified file", time.perf_counter() - started
+    return best["latency_ms"], f"{best['runtime']} {best['precision']}", time.perf_counter() - started
 
 
 def _verdict(diff: float, a: ModelResult, b: ModelResult) -> str:
@@ -335,9 +359,16 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "",
         "## Models",
         "",
-        "| model | MACs @32 (M) | params (M) | peak act. (KiB) | top-1 (%) | int8 top-1 (seed-0 fp32) | latency (ms) | paper MFLOPs @224 | paper top-1 err |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | MACs @32 (M) | params (M) | peak act. (KiB) | top-1 (%) | int8 top-1 (seed-0 fp32) | latency (ms) | "
+        + ("auto latency (ms) | " if plan.auto else "") + "paper MFLOPs @224 | paper top-1 err |",
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if plan.auto else "") + "---:|---:|",
     ]
+    if plan.auto:
+        lines[lines.index("## Models") + 1:lines.index("## Models") + 1] = [
+            "", "auto latency: `export --format auto` of the seed-0 run -- every installed runtime x precision "
+            "(fp32, bf16 where the CPU has it, int8), each verified on the test images (bf16/int8: top-1 drop "
+            "<= 0.5 pt), the fastest kept; batch 1, 1 thread, paired timing; the runtime and precision it chose "
+            "in brackets."]
     for r in rows:
         spread = f" ± {r.std:.2f}" if len(r.top1) > 1 else ""
         int8 = "-" if r.int8_top1 is None else f"{r.int8_top1:.2f}"
@@ -346,6 +377,9 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
             int8 += f" ({fp32:.2f})"  # fp32 of the seed-0 run that was quantized, on the same images
         lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | {r.peak_activation_bytes / 1024:.0f} | "
                      f"{r.mean:.2f}{spread} | {int8} | {'-' if r.latency_ms is None else f'{r.latency_ms:.2f}'} | "
+                     + (f"{'-' if r.auto_latency_ms is None else f'{r.auto_latency_ms:.2f}'} ({r.auto_choice}) | "
+                        if plan.auto else "")
+                     + 
                      f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
                      f"{'-' if r.paper_top1_error is None else f'{r.paper_top1_error:g}'} |")
     lines += ["", "## Plots", ""] + [f"![{k}]({Path(p).name})" for k, p in plots.items()]

@@ -119,18 +119,37 @@ def test_int8_keeps_accuracy(tmp_path, trained, fmt, suffix, package, extra):
     assert any("int8 check" in n for n in report.notes)
 
 
-def test_openvino_int8_trap_is_refused(tmp_path, trained):
-    """OpenVINO 2026.4 int8 loses more than the allowed 0.5 point on this ShuffleNet (grouped 1x1 convs): refused."""
+def test_openvino_int8_falls_back_instead_of_refusing(tmp_path, trained):
+    """OpenVINO int8 of this ShuffleNet lost more than 0.5 point with the default calibration (it used to be
+    refused). Now the other calibrations and then float layers are tried; the file is kept within max_drop
+    and the report names the calibration and the layers kept in float -- or, if nothing works, the refusal
+    lists every attempt and nothing is left behind."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     model, calib, x, y = trained
     path = tmp_path / "m.xml"
-    with pytest.raises(Int8AccuracyError, match="grouped 1x1 convs") as info:
-        export_model(model, "openvino", path, example=x[:1], verify_images=x[:16], int8=True, calibration=calib,
-                     check_images=x, check_labels=y)
-    assert info.value.report.drop > 0.5  # the refusal threshold (measured: 8.1 points before zero-init, 0.6 after)
-    assert not path.exists() and not path.with_suffix(".bin").exists()
-    assert list(tmp_path.iterdir()) == []
+    try:
+        report = export_model(model, "openvino", path, example=x[:1], verify_images=x[:16], int8=True,
+                              calibration=calib, check_images=x, check_labels=y)
+    except Int8AccuracyError as exc:
+        assert "attempt(s)" in str(exc) and "float" in str(exc)
+        assert list(tmp_path.iterdir()) == []
+        return
+    assert report.int8_report.drop <= 0.5 and path.is_file()
+    assert report.calibration and report.attempts and report.attempts[-1]["drop"] <= 0.5
+    assert any("calibration" in n for n in report.notes)
+
+
+def test_int8_sensitivity_ranks_every_layer(trained):
+    from mobilecnn.deploy.fold import deploy_form
+    from mobilecnn.deploy.quantize import int8_sensitivity
+
+    model, calib, _, _ = trained
+    net = deploy_form(model)
+    ranked = int8_sensitivity(net, calib, images=16)
+    convs = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert sorted(n for n, _ in ranked) == sorted(convs)
+    assert ranked[0][1] >= ranked[-1][1] >= 0.0
 
 
 def test_int8_refused_when_drop_exceeds_max(tmp_path, trained, monkeypatch):
@@ -139,10 +158,11 @@ def test_int8_refused_when_drop_exceeds_max(tmp_path, trained, monkeypatch):
     import mobilecnn.deploy.export as export_mod
 
     real = export_mod.load_runtime
-    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1, **kw: (lambda a: np.roll(real(p, threads)(a), 1, axis=1)))
+    monkeypatch.setattr(export_mod, "load_runtime",
+                        lambda p, threads=1, **kw: (lambda a: np.roll(real(p, threads, **kw)(a), 1, axis=1)))
     model, calib, x, y = trained
     with pytest.raises(Int8AccuracyError, match="exceeds max_drop 0.5") as info:
         export_model(model, "onnx", tmp_path / "m.onnx", example=x[:1], verify_images=x[:16], int8=True,
-                     calibration=calib[:64], check_images=x[:200], check_labels=y[:200])
+                     calibration=calib[:64], check_images=x[:200], check_labels=y[:200], int8_fallback=False)
     assert info.value.report.drop > 50.0
     assert list(tmp_path.iterdir()) == []

@@ -13,11 +13,18 @@ One scheme per target, each the target's fast int8 path (docs/deployment.md):
 
 Accuracy and latency of each scheme, as measured, are in docs/deployment.md.
 
-**OpenVINO trap** (docs/deployment.md): OpenVINO 2026.4 int8 miscomputes grouped 1x1 convolutions with 20
-or 30 output channels per group -- ShuffleNet v1 g=3 widths hit it (an 8-point drop; the same
-ONNX file is right in onnxruntime). Nothing here works around it: the accuracy check of
-:func:`mobilecnn.export.export_model` refuses such a file (:class:`Int8AccuracyError`) and
-:func:`openvino_int8_risky_convs` names the layers in the message.
+Each scheme has several calibration methods (:data:`INT8_CALIBRATIONS`, the first is the default) and
+every quantizer takes ``exclude``: module names of the deploy form whose convolutions stay in float.
+:func:`int8_sensitivity` ranks the layers (each one alone fake-quantized in PyTorch, KL divergence of
+the logits), so :func:`mobilecnn.deploy.export.export_model` can try the next calibration method and
+then keep the most sensitive layers in float before it refuses a file (NNCF's accuracy-control idea,
+for every backend).
+
+**OpenVINO trap** (docs/deployment.md): OpenVINO int8 was seen to lose up to 8 points on ShuffleNet
+v1 g=3 (grouped 1x1 convolutions with 20 or 30 channels per group were suspected,
+:func:`openvino_int8_risky_convs`). Re-measured (scratch q4/q5): keeping those convs in float, padding
+or splitting them changes nothing; the loss comes from the first convolution and the most sensitive
+layers, which the sensitivity fallback keeps in float.
 
 Library code: returns values and raises, never prints.
 """
@@ -50,7 +57,16 @@ __all__ = [
     "quantize_executorch_program",
     "openvino_int8_risky_convs",
     "check_calibration",
+    "INT8_CALIBRATIONS",
+    "int8_sensitivity",
 ]
+
+#: Calibration methods per format, tried in this order (the first is the default).
+INT8_CALIBRATIONS: dict[str, tuple[str, ...]] = {
+    "onnx": ("percentile", "minmax", "entropy"),
+    "openvino": ("minmax", "histogram", "mean_quantile"),
+    "executorch": ("histogram", "minmax", "moving_minmax"),
+}
 
 #: Scheme used per export format (the format table holds it).
 INT8_SCHEMES: dict[str, str] = {f.name: f.int8_scheme for f in FORMATS.values() if f.int8_scheme}
@@ -83,8 +99,9 @@ def _predict(fn: ArrayFn, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(preds)
 
 
-def evaluate_int8(fp32_fn: ArrayFn, int8_fn: ArrayFn, images: torch.Tensor | np.ndarray,
-                  labels: torch.Tensor | np.ndarray, *, batch_size: int = 250) -> Int8Report:
+def evaluate_int8(fp32_fn: ArrayFn | None, int8_fn: ArrayFn, images: torch.Tensor | np.ndarray,
+                  labels: torch.Tensor | np.ndarray, *, batch_size: int = 250,
+                  fp32_preds: np.ndarray | None = None) -> Int8Report:
     """Top-1 of ``fp32_fn`` and ``int8_fn`` (float32 NCHW array -> logits) on ``images``/``labels``.
 
     ``drop`` = fp32 top-1 - int8 top-1 (points; negative when int8 happens to score higher);
@@ -96,7 +113,8 @@ def evaluate_int8(fp32_fn: ArrayFn, int8_fn: ArrayFn, images: torch.Tensor | np.
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate_int8 needs N >= 1 images (N, C, H, W) and N labels, got shapes "
                          f"{x.shape} and {y.shape}")
-    p32, p8 = _predict(fp32_fn, x, batch_size), _predict(int8_fn, x, batch_size)
+    p32 = fp32_preds if fp32_preds is not None else _predict(fp32_fn, x, batch_size)
+    p8 = _predict(int8_fn, x, batch_size)
     a32, a8 = 100.0 * float(np.mean(p32 == y)), 100.0 * float(np.mean(p8 == y))
     return Int8Report(a32, a8, a32 - a8, 100.0 * float(np.mean(p32 == p8)), len(x))
 
@@ -148,13 +166,39 @@ def _quiet():
         root.removeFilter(drop)
 
 
+def _check_method(fmt: str, method: str | None) -> str:
+    methods = INT8_CALIBRATIONS[fmt]
+    if method is None:
+        return methods[0]
+    if method not in methods:
+        raise ValueError(f"unknown {fmt} int8 calibration {method!r}; accepted: {', '.join(methods)}")
+    return method
+
+
+def onnx_nodes_for_modules(onnx_model: Any, module_names: list[str] | tuple[str, ...],
+                           op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")) -> list[str]:
+    """ONNX node names of the ops that the modules ``module_names`` produced (the dynamo exporter's
+    ``namespace`` metadata: ``': Cls/features.0.conv: torch.nn.modules.conv.Conv2d/conv2d: aten.conv2d.default'``)."""
+    wanted, found = set(module_names), []
+    for node in onnx_model.graph.node:
+        ns = {p.key: p.value for p in node.metadata_props}.get("namespace", "")
+        parts = [seg.split(":")[0].strip() for seg in ns.split("/")]
+        if len(parts) >= 2 and parts[-2] in wanted and node.op_type in op_types:
+            found.append(node.name)
+    return found
+
+
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor,
-                  *, batch_size: int = 32) -> None:
-    """onnxruntime static QDQ quantization of ``fp32_path`` into ``out_path`` (scheme in :data:`INT8_SCHEMES`)."""
+                  *, batch_size: int = 32, method: str | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """onnxruntime static QDQ quantization of ``fp32_path`` into ``out_path`` (scheme in :data:`INT8_SCHEMES`);
+    ``method``: one of ``INT8_CALIBRATIONS["onnx"]``; ``exclude``: module names kept in float."""
+    method = _check_method("onnx", method)
     q = require_backend("onnxruntime.quantization", "onnxruntime int8 quantization")
     import onnx
 
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    fp32 = onnx.load(str(fp32_path), load_external_data=False)
+    input_name = fp32.graph.input[0].name
+    nodes = onnx_nodes_for_modules(fp32, tuple(exclude)) if exclude else []
     batches = [{input_name: calibration[i:i + batch_size].numpy()} for i in range(0, len(calibration), batch_size)]
 
     class _Reader(q.CalibrationDataReader):
@@ -164,6 +208,8 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
+    calibrate = {"percentile": q.CalibrationMethod.Percentile, "minmax": q.CalibrationMethod.MinMax,
+                 "entropy": q.CalibrationMethod.Entropy}[method]
     with _quiet():
         q.quantize_static(
             str(fp32_path), str(out_path), _Reader(),
@@ -171,29 +217,68 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
             per_channel=True,
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
-            calibrate_method=q.CalibrationMethod.Percentile,
+            calibrate_method=calibrate,
+            nodes_to_exclude=nodes,
         )
 
 
-def quantize_openvino(fp32_model: Any, calibration: torch.Tensor, *, batch_size: int = 32) -> Any:
-    """NNCF post-training quantization of an ``openvino.Model``; returns the quantized model."""
+def openvino_ignored_scope(module_names: tuple[str, ...] | list[str]) -> Any:
+    """NNCF ``IgnoredScope`` for the convolutions of ``module_names`` in a model converted by
+    ``ov.convert_model`` from the torch module (op names ``__module.<name>/aten::_convolution/...``)."""
+    import re
+
+    nncf = require_backend("nncf", "OpenVINO int8 quantization")
+    pats = [rf"^__module\.{re.escape(n)}/aten::(_convolution|linear)/.*" for n in module_names]
+    return nncf.IgnoredScope(patterns=pats, validate=False)
+
+
+def quantize_openvino(fp32_model: Any, calibration: torch.Tensor, *, batch_size: int = 32,
+                      method: str | None = None, exclude: tuple[str, ...] = ()) -> Any:
+    """NNCF post-training quantization of an ``openvino.Model``; returns the quantized model.
+    ``method``: activation range estimator (``INT8_CALIBRATIONS["openvino"]``); ``exclude``: module names
+    (of a model converted from torch) whose convolutions stay in float."""
+    method = _check_method("openvino", method)
     nncf = require_backend("nncf", "OpenVINO int8 quantization")
     nncf.set_log_level(logging.ERROR)
+    kwargs: dict[str, Any] = {}
+    if method != "minmax":
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, method.upper()))
+    if exclude:
+        kwargs["ignored_scope"] = openvino_ignored_scope(exclude)
     data = [calibration[i:i + batch_size].numpy() for i in range(0, len(calibration), batch_size)]
     with _quiet():
         return nncf.quantize(fp32_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.PERFORMANCE,
-                             subset_size=len(calibration))
+                             subset_size=len(calibration), **kwargs)
 
 
 def quantize_executorch_program(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor,
-                                *, batch_size: int = 32) -> nn.Module:
+                                *, batch_size: int = 32, method: str | None = None,
+                                exclude: tuple[str, ...] = ()) -> nn.Module:
     """PT2E-quantize ``model`` for XNNPACK; returns the converted graph module (to be exported + lowered).
 
-    The capture uses a dynamic batch so calibration runs in batches of ``batch_size``.
+    The capture uses a dynamic batch so calibration runs in batches of ``batch_size``. ``method``: the
+    activation observer (``INT8_CALIBRATIONS["executorch"]``); ``exclude``: module names kept in float.
     """
+    import dataclasses
+
+    method = _check_method("executorch", method)
     xq = require_backend("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 quantization")
     pt2e = require_backend("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 quantization")
-    quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=True))
+    config = xq.get_symmetric_quantization_config(is_per_channel=True)
+    if method != "histogram":
+        obs = require_backend("torchao.quantization.pt2e.observer", "ExecuTorch int8 quantization")
+        ctor = {"minmax": obs.MinMaxObserver, "moving_minmax": obs.MovingAverageMinMaxObserver}[method]
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctor.with_args(eps=2 ** -12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    quantizer = xq.XNNPACKQuantizer().set_global(config)
+    if exclude:
+        # set_module_name(name, None) is not supported (executorch 1.5); a filter function is
+        flt = require_backend("torchao.quantization.pt2e.quantizer", "ExecuTorch int8 quantization")
+        excluded = [flt.get_module_name_filter(name) for name in exclude]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in excluded))
     two = example[:1].expand(2, *example.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1, max=max(1024, batch_size))
     captured = torch.export.export(model, (two,), dynamic_shapes=({0: batch},)).module()
@@ -202,3 +287,60 @@ def quantize_executorch_program(model: nn.Module, example: torch.Tensor, calibra
         for i in range(0, len(calibration), batch_size):
             prepared(calibration[i:i + batch_size])
     return pt2e.convert_pt2e(prepared)
+
+
+def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric s8 per output channel."""
+    flat = w.reshape(w.shape[0], -1)
+    scale = flat.abs().amax(1).clamp_min(1e-12) / 127.0
+    return (torch.round(flat / scale[:, None]).clamp(-127, 127) * scale[:, None]).reshape(w.shape)
+
+
+def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int = 32) -> list[tuple[str, float]]:
+    """Layers of ``net`` (convs and linears), most int8-sensitive first, with their score.
+
+    Each layer alone gets s8 per-channel weights and u8 per-tensor (min/max) input activations, in
+    PyTorch; the score is the mean KL divergence of the softmax from the float model's on ``images``
+    calibration images. Backend-independent, one forward per layer.
+    """
+    x = calibration[:images]
+    layers = [(n, m) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def record(name: str):
+        def hook(_m: nn.Module, args: tuple) -> None:
+            lo, hi = float(args[0].min()), float(args[0].max())
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in layers]
+    try:
+        with torch.no_grad():
+            ref = torch.log_softmax(net(x).float(), 1)
+    finally:
+        for h in handles:
+            h.remove()
+    scores = []
+    for name, m in layers:
+        lo, hi = ranges.get(name, (0.0, 0.0))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max(hi - lo, 1e-12) / 255.0
+        zero = round(-lo / scale)
+
+        def fq(_m: nn.Module, args: tuple, scale: float = scale, zero: int = zero) -> tuple:
+            a = args[0]
+            return ((torch.round(a / scale) + zero).clamp(0, 255) - zero) * scale,
+
+        saved = m.weight.data
+        m.weight.data = _fake_quant_weight(saved)
+        handle = m.register_forward_pre_hook(fq)
+        try:
+            with torch.no_grad():
+                out = torch.log_softmax(net(x).float(), 1)
+        finally:
+            handle.remove()
+            m.weight.data = saved
+        kl = float((ref.exp() * (ref - out)).sum(1).mean())
+        scores.append((name, max(kl, 0.0)))  # rounding can make a ~0 KL slightly negative
+    return sorted(scores, key=lambda t: -t[1])
