@@ -144,7 +144,7 @@ def test_verification_failure_deletes_file(tmp_path, monkeypatch):
 
     real = export_mod.load_runtime
 
-    def wrong(path, threads=1):
+    def wrong(path, threads=1, **kw):
         rt = real(path, threads)
         return lambda x: rt(x) + 0.5  # a runtime that returns wrong logits
 
@@ -166,7 +166,7 @@ def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
     export_model(model, "onnx", path, example=images(1), verify_images=images(2))
     before = path.read_bytes()
     real = export_mod.load_runtime
-    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1: (lambda x: real(p, threads)(x) * 2))
+    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1, **kw: (lambda x: real(p, threads, **kw)(x) * 2))
     with pytest.raises(ExportVerificationError):
         export_model(small_model("mobilenet_v1_x0_25", seed=3), "onnx", path, example=images(1),
                      verify_images=images(2))
