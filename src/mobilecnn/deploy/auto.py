@@ -202,7 +202,9 @@ def auto_export(
             except Exception as exc:  # noqa: BLE001 - one failing exporter must not stop the others
                 row["why"] = f"export failed: {type(exc).__name__}: {str(exc)[:400]}"
             else:
-                row.update(status="verified", file_bytes=report.file_bytes, rel_diff=report.rel_diff,
+                # without the labelled check (bench --auto on untrained names) bf16/int8 are timed, not verified
+                row.update(status="verified" if check_accuracy or precision == "fp32" else "accuracy not checked",
+                           file_bytes=report.file_bytes, rel_diff=report.rel_diff,
                            top1_agreement=report.top1_agreement, calibration=report.calibration,
                            float_layers=report.float_layers, path=str(path))
                 if report.int8_report is not None:
@@ -217,7 +219,7 @@ def auto_export(
         timing = paired_times({n: (lambda r=r: r(x_time)) for n, r in runtimes.items()}, seconds=seconds)
         per_round = timing["per_round_ms"]
         runtimes.clear()
-        verified = [r for r in rows if r["status"] == "verified"]
+        verified = [r for r in rows if r["status"] in ("verified", "accuracy not checked")]
         for r in verified:
             r["latency_ms"] = timing["median_ms"][r["candidate"]]
         verified.sort(key=lambda r: r["latency_ms"])
