@@ -188,7 +188,7 @@ def library_run(model: str, folder: Path, device: torch.device, sizes: Sizes, *,
                       epochs=1000, amp=amp, compile=compile, device=str(device), deterministic=False,
                       workers=sizes.workers, checkpoint_every=10**9, out=str(out), small_input=False)
     set_deterministic(device, False)
-    run, val, _ = _setup(cfg, resolve(cfg), DistContext(), out, lambda event, info: None, None, device)
+    run, val, _, _ = _setup(cfg, resolve(cfg), DistContext(), out, lambda event, info: None, device)
     return run
 
 

@@ -1,7 +1,6 @@
 """``export --format auto``: every installed runtime x precision exported, verified, timed; the fastest kept."""
 
 import json
-import time
 
 import pytest
 
@@ -12,10 +11,8 @@ pytest.importorskip("onnxruntime")
 
 def test_export_auto_end_to_end(tiny_run, tmp_path, capsys):
     out = tmp_path / "auto" / "m"
-    start = time.time()
     code = main(["export", str(tiny_run), "--format", "auto", "--out", str(out), "--seconds", "0.3",
                  "--max-drop", "100", "--calibration-count", "64"])
-    elapsed = time.time() - start
     text = capsys.readouterr().out
     assert code == 0, text
     table = json.loads((tmp_path / "auto" / "m.auto.json").read_text())
@@ -35,7 +32,6 @@ def test_export_auto_end_to_end(tiny_run, tmp_path, capsys):
     assert "Kept:" in md and "| candidate |" in md and "Kept:" in text
     # no staging debris: the kept file, its companions, its sidecar and the two tables
     assert not [p for p in (tmp_path / "auto").iterdir() if p.name.startswith(".")]
-    assert elapsed < 240  # ~1-2 min on 2 shared cores
     # the kept file predicts like the run
     assert main(["predict", str(tiny_run / "samples") if (tiny_run / "samples").is_dir() else str(kept),
                  "--model", str(kept)]) in (0, 1, 2)

@@ -9,7 +9,6 @@ it; the other files are still classified.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from ..data.images import Preprocessing, is_image_name, load_image
 from ..device import resolve_device
 from ..errors import CheckpointError, DataError, NonFiniteError, UsageError
+from ..runs.files import read_json_object
 from ..runs.rundir import load_trained
 from .formats import SIDECAR_SUFFIX
 from .runtime import check_threads, load_runtime
@@ -67,13 +67,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if not sidecar.is_file():
         raise CheckpointError(f"{path} has no {sidecar.name} beside it (written by `mobilecnn export`): without it the "
                               "class names and preprocessing are unknown")
-    try:
-        info = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{sidecar} is unreadable ({exc}); export the model again") from None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{sidecar} holds a JSON {type(info).__name__}, not the object `mobilecnn export` writes")
-    return info
+    return read_json_object(sidecar, "`mobilecnn export`", CheckpointError)
 
 
 def load_predictor(model: str | Path, threads: int = 1, device: str | None = "auto") -> Predictor:

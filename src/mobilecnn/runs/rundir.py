@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import CheckpointError, RunLockedError, TrainError
 from ..models import create_model
 from .checkpoints import check_state_fits, latest_checkpoint, load_weights, read_metadata
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json_object
 
 __all__ = ["LoadedModel", "load_trained", "run_lock", "prepare_run_dir", "append_jsonl", "write_config", "read_config"]
 
@@ -225,10 +225,4 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is unreadable ({exc}); it must be the JSON object `mobilecnn train` wrote") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not the object `mobilecnn train` writes")
-    return config
+    return read_json_object(path, "`mobilecnn train`", CheckpointError)

@@ -18,7 +18,6 @@ Decisions (docs/pretrained.md):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 from ..data.images import Preprocessing
 from ..errors import TrainError
 from ..runs.checkpoints import described_model, load_weights, read_metadata
+from ..runs.files import sha256_of
 from .optim import param_groups
 
 __all__ = ["InitWeights", "read_init", "init_fingerprint", "build_initialized", "finetune_param_groups",
@@ -56,11 +56,8 @@ class InitWeights:
 
 
 def init_fingerprint(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """What identifies ``--init`` weights in a run's identity: the file's SHA-256."""
+    return sha256_of(path)
 
 
 def read_init(path: str | Path) -> InitWeights:

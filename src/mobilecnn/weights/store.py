@@ -15,14 +15,13 @@ Metadata (all strings; JSON where structured), read by ``create_model(name, weig
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..runs.checkpoints import save_weights
-from ..runs.files import atomic_write_text
+from ..runs.files import atomic_write_text, sha256_of
 from .common import LICENSES, Converted
 from .convert import convert_file
 
@@ -32,12 +31,6 @@ from ..deploy.formats import SIDECAR_SUFFIX  # one sidecar name for exports and 
 MAX_LABELS = 100_000
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:
