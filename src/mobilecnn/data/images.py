@@ -40,7 +40,6 @@ __all__ = [
     "resize_square",
     "is_image_name",
     "train_geometry",
-    "stack_stats",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -218,11 +217,6 @@ class Preprocessing:
     def load(self, path: str | os.PathLike) -> torch.Tensor:
         """An image file -> float32 (C, R, R) model input."""
         return self(load_image(path, self.in_chans))
-
-
-def stack_stats(values: Sequence[float], channels: int, what: str) -> tuple[float, ...]:
-    """Per-channel statistics; a single value is repeated for every channel."""
-    return _floats(what, list(values), channels)
 
 
 def train_geometry(resolution: int, flip: bool = True) -> v2.Compose:

@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.images import MAX_RESOLUTION
 from ..errors import TrainError
 from ..models import get_model_entry
 
-__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "cli", "MAX_THREADS",
-           "resume_value"]
-
-#: Thread counts above this are refused everywhere (train, eval, export, predict, bench).
-MAX_THREADS = 1024
-
+__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "cli", "resume_value"]
 
 def resume_value(text: str) -> bool | str:
     """``--resume`` takes no value (True) or ``auto``."""
@@ -259,8 +254,3 @@ def _check(cfg: TrainConfig, s: TrainSettings) -> None:
             raise TrainError(f"--{name.replace('_', '-')} {value!r} is not accepted: it must be {accepted}")
     if not isinstance(cfg.model_kwargs, dict):
         raise TrainError(f"model_kwargs must be a dict, got {type(cfg.model_kwargs).__name__}")
-
-
-def config_fields() -> list[str]:
-    """Names of the :class:`TrainConfig` fields (for code that copies configs)."""
-    return [f.name for f in fields(TrainConfig)]
