@@ -5,17 +5,21 @@ has bf16 instructions; int8 on onnxruntime, OpenVINO and ExecuTorch) :func:`auto
 
 1. exports and verifies the candidate with :func:`mobilecnn.deploy.export.export_model` (fp32 against
    PyTorch's logits; bf16 and int8 by their top-1 drop on real held-out images, int8 with its
-   calibration / float-layer fallback), into a staging folder;
-2. times every verified candidate *paired*: rounds in which each candidate runs a short burst in a
-   freshly shuffled order, so a background load hits all of them alike; a candidate's latency is the
+   calibration / float-layer fallback), into a staging folder, each in its own child process;
+2. times every verified candidate *paired*: each file is loaded by its own timing process, and every
+   round asks each of them for a short burst in a freshly shuffled order, so a background load hits all
+   of them alike; a candidate's latency is the
    median over rounds of its per-round median, and its ratio to the fastest comes with a bootstrap 95%
    interval over rounds;
 3. keeps the fastest candidate that passed (moved next to where the user asked, with its sidecar) and
    writes the table of every candidate -- latency, accuracy, size, or why it was refused -- as JSON and
    Markdown beside it (``<name>.auto.json`` / ``.auto.md``).
 
+Runtimes are native code: a candidate whose export or runtime crashes its process is refused with the
+signal named, and the others go on (:mod:`mobilecnn.deploy.workers`).
+
 Timing is bounded: about ``seconds`` per candidate in all (2 s default), so a whole ``auto`` on two
-cores takes export time plus ~20 s.
+cores takes export time plus ~20 s, plus a few seconds per candidate to start its processes.
 """
 
 from __future__ import annotations
@@ -28,19 +32,22 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError
+from ..runs.files import atomic_write_text
 from .export import BF16_FORMATS, export_model
 from .formats import FORMATS, SIDECAR_SUFFIX
 from .quantize import INT8_FORMATS
-from .runtime import bf16_supported, load_runtime, require_backend
+from .runtime import bf16_supported, require_backend
+from .workers import ChildCrashed, TimingWorker, call_in_child
 
-__all__ = ["auto_candidates", "auto_export", "paired_times", "auto_markdown", "installed_formats"]
+__all__ = ["auto_candidates", "auto_export", "paired_rounds", "paired_times", "bootstrap_ratio", "auto_markdown",
+           "installed_formats"]
 
 _BACKEND_MODULES = {
     "onnx": ("onnxruntime", "onnxscript"),
@@ -82,53 +89,64 @@ def auto_candidates() -> list[tuple[str, str]]:
     return out
 
 
-def _busy_jiffies() -> int | None:
-    try:
-        with open("/proc/stat") as fh:
-            fields = fh.readline().split()[1:]
-    except OSError:
-        return None
-    vals = [int(v) for v in fields]
-    return sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # all but idle and iowait
+def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: float = 2.0, min_rounds: int = 5,
+                  max_rounds: int = 200, calls_per_round: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Paired latency: each round asks every ``burst(n)`` (seconds of ``n`` calls) once, in a shuffled order.
 
-
-def paired_times(fns: dict[str, Any], *, seconds: float = 2.0, min_rounds: int = 5, max_rounds: int = 200,
-                 calls_per_round: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Paired latency of several callables: each round runs every ``fn`` a few times in a shuffled order.
-
-    Returns ``{"rounds": n, "median_ms": {name: ...}, "per_round_ms": {name: [...]}}``. The total budget
-    is about ``seconds`` per callable (at least ``min_rounds`` rounds).
+    Returns ``{"rounds", "calls_per_round", "median_ms": {name: ...}, "per_round_ms": {name: [...]},
+    "failed": {name: why}}``; a candidate's latency is the median over rounds of its per-round median.
+    A burst that raises :class:`ChildCrashed` drops that candidate (its reason lands in ``failed``) and
+    the others go on, their rounds still aligned. The budget is about ``seconds`` per candidate.
     """
-    names = list(fns)
-    if not names:
-        return {"rounds": 0, "median_ms": {}, "per_round_ms": {}}
-    for fn in fns.values():  # warm-up (first calls compile / allocate)
-        for _ in range(3):
-            fn()
+    live = list(bursts)
+    failed: dict[str, str] = {}
+
+    def run(name: str, n: int) -> list[float] | None:
+        try:
+            return bursts[name](n)
+        except ChildCrashed as exc:
+            failed[name] = str(exc)
+            live.remove(name)
+            return None
+
     probe = {}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        probe[name] = max(time.perf_counter() - t0, 1e-6)
-    slowest = max(probe.values())
+    for name in list(live):
+        out = run(name, 4)  # the first calls compile and allocate; the last one is the probe
+        if out is not None:
+            probe[name] = max(out[-1], 1e-6)
+    if not live:
+        return {"rounds": 0, "calls_per_round": 0, "median_ms": {}, "per_round_ms": {}, "failed": failed}
+    slowest = max(probe[n] for n in live)
     per_round = calls_per_round or max(3, min(20, int(0.05 / slowest)))
-    round_cost = sum(probe.values()) * per_round
-    rounds = int(min(max_rounds, max(min_rounds, seconds * len(names) / max(round_cost, 1e-6))))
+    round_cost = sum(probe[n] for n in live) * per_round
+    rounds = int(min(max_rounds, max(min_rounds, seconds * len(live) / max(round_cost, 1e-6))))
     rng = random.Random(seed)
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in live}
     for _ in range(rounds):
-        order = names[:]
+        order = live[:]
         rng.shuffle(order)
         for name in order:
-            fn = fns[name]
+            times = run(name, per_round)
+            if times is not None:
+                samples[name].append(1e3 * statistics.median(times))
+    samples = {n: v for n, v in samples.items() if n in live}
+    return {"rounds": rounds, "calls_per_round": per_round,
+            "median_ms": {n: statistics.median(v) for n, v in samples.items()}, "per_round_ms": samples,
+            "failed": failed}
+
+
+def paired_times(fns: dict[str, Callable[[], Any]], **options: Any) -> dict[str, Any]:
+    """:func:`paired_rounds` for in-process callables (each ``fn()`` is one call)."""
+    def burst_of(fn: Callable[[], Any]) -> Callable[[int], list[float]]:
+        def burst(n: int) -> list[float]:
             times = []
-            for _ in range(per_round):
+            for _ in range(n):
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
-            samples[name].append(1e3 * statistics.median(times))
-    return {"rounds": rounds, "calls_per_round": per_round,
-            "median_ms": {n: statistics.median(v) for n, v in samples.items()}, "per_round_ms": samples}
+            return times
+        return burst
+    return paired_rounds({name: burst_of(fn) for name, fn in fns.items()}, **options)
 
 
 def bootstrap_ratio(a: list[float], b: list[float], *, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -137,6 +155,25 @@ def bootstrap_ratio(a: list[float], b: list[float], *, reps: int = 2000, seed: i
     rng = np.random.default_rng(seed)
     boots = np.median(rng.choice(r, size=(reps, len(r)), replace=True), axis=1)
     return float(np.median(r)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def _export_candidate(model: nn.Module, fmt: str, path: Path, **options: Any) -> dict[str, Any]:
+    """One candidate's export and verification (run in a child process); the row fields it settles."""
+    try:
+        report = export_model(model, fmt, path, **options)
+    except (ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError) as exc:
+        row: dict[str, Any] = {"status": "refused", "why": str(exc)[:600]}
+        acc = getattr(exc, "report", None)
+        if acc is not None and hasattr(acc, "drop"):
+            row["drop"] = acc.drop
+        return row
+    row = {"status": "verified", "file_bytes": report.file_bytes, "rel_diff": report.rel_diff,
+           "top1_agreement": report.top1_agreement, "calibration": report.calibration,
+           "float_layers": report.float_layers}
+    if report.int8_report is not None:
+        row.update(top1=report.int8_report.int8_top1, fp32_top1=report.int8_report.fp32_top1,
+                   drop=report.int8_report.drop)
+    return row
 
 
 def auto_export(
@@ -176,49 +213,49 @@ def auto_export(
     rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.{os.getpid()}.", suffix=".auto", dir=out_dir))
     x_time = verify_images[:1].expand(batch, *verify_images.shape[1:]).contiguous().numpy()
+    workers: dict[str, TimingWorker] = {}
     try:
-        runtimes: dict[str, Any] = {}
         for fmt, precision in pairs:
             name = f"{FORMATS[fmt].runtime} {precision}"
             row: dict[str, Any] = {"candidate": name, "format": fmt, "runtime": FORMATS[fmt].runtime,
                                    "precision": precision, "status": "refused"}
             path = work / f"{fmt}_{precision}{FORMATS[fmt].suffix}"
+            log = work / f"{fmt}_{precision}.log"
             t0 = time.time()
+            ex = example[:1].expand(batch, *example.shape[1:]).contiguous() if fmt == "executorch" else example
             try:
-                ex = example[:1].expand(batch, *example.shape[1:]).contiguous() if fmt == "executorch" else example
-                report = export_model(
-                    model, fmt, path, example=ex, verify_images=verify_images, precision=precision,
-                    calibration=calibration if precision == "int8" else None,
+                row.update(call_in_child(
+                    _export_candidate, model, fmt, path, log=log, example=ex, verify_images=verify_images,
+                    precision=precision, calibration=calibration if precision == "int8" else None,
                     check_images=check_images if precision != "fp32" else None,
                     check_labels=check_labels if precision != "fp32" else None,
                     max_drop=max_drop, threads=threads, check_accuracy=check_accuracy,
-                    sidecar={**(sidecar or {}), "format": fmt, "int8": precision == "int8"},
-                )
-            except (ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError) as exc:
-                row["why"] = str(exc).replace(str(work) + os.sep, "")[:600]
-                acc = getattr(exc, "report", None)
-                if acc is not None and hasattr(acc, "drop"):
-                    row["drop"] = acc.drop
-            except Exception as exc:  # noqa: BLE001 - one failing exporter must not stop the others
-                row["why"] = f"export failed: {type(exc).__name__}: {str(exc)[:400]}"
-            else:
+                    sidecar={**(sidecar or {}), "format": fmt, "int8": precision == "int8"}))
+            except ChildCrashed as exc:
+                row["why"] = f"the export process {exc}"[:600]
+            except RuntimeError as exc:  # an unexpected error in one exporter must not stop the others
+                row["why"] = f"export failed: {str(exc)[:400]}"
+            if row["status"] != "refused":
+                row["path"] = str(path)
                 # without the labelled check (bench --auto on untrained names) bf16/int8 are timed, not verified
-                row.update(status="verified" if check_accuracy or precision == "fp32" else "accuracy not checked",
-                           file_bytes=report.file_bytes, rel_diff=report.rel_diff,
-                           top1_agreement=report.top1_agreement, calibration=report.calibration,
-                           float_layers=report.float_layers, path=str(path))
-                if report.int8_report is not None:
-                    row.update(top1=report.int8_report.int8_top1, fp32_top1=report.int8_report.fp32_top1,
-                               drop=report.int8_report.drop)
+                if not check_accuracy and precision != "fp32":
+                    row["status"] = "accuracy not checked"
                 try:
-                    runtimes[name] = load_runtime(path, threads=threads, trusted=True)
-                except Exception as exc:  # noqa: BLE001
-                    row.update(status="refused", why=f"could not be loaded for timing: {exc}")
+                    workers[name] = TimingWorker(path, threads=threads, x=x_time, log=log)
+                except (ChildCrashed, RuntimeError) as exc:
+                    row.update(status="refused", why=f"could not be loaded for timing: {exc}"[:600])
+            if row["status"] == "refused":
+                row["why"] = row.get("why", "").replace(str(work) + os.sep, "")
             row["export_s"] = round(time.time() - t0, 1)
             rows.append(row)
-        timing = paired_times({n: (lambda r=r: r(x_time)) for n, r in runtimes.items()}, seconds=seconds)
+        timing = paired_rounds({n: w.burst for n, w in workers.items()}, seconds=seconds)
         per_round = timing["per_round_ms"]
-        runtimes.clear()
+        for worker in workers.values():
+            worker.close()
+        workers.clear()
+        for r in rows:
+            if r["candidate"] in timing["failed"]:
+                r.update(status="refused", why=f"the runtime process {timing['failed'][r['candidate']]} while timing")
         verified = [r for r in rows if r["status"] in ("verified", "accuracy not checked")]
         for r in verified:
             r["latency_ms"] = timing["median_ms"][r["candidate"]]
@@ -243,7 +280,7 @@ def auto_export(
                 data.setdefault("report", {})["path"] = str(kept)
                 data["auto"] = {k: best.get(k) for k in ("candidate", "runtime", "precision", "latency_ms",
                                                          "calibration", "float_layers")}
-                Path(str(kept) + SIDECAR_SUFFIX).write_text(json.dumps(data, indent=2, default=str) + "\n")
+                atomic_write_text(str(kept) + SIDECAR_SUFFIX, json.dumps(data, indent=2, default=str) + "\n")
             os.replace(src, kept)
         for r in rows:
             r.pop("path", None)
@@ -251,11 +288,13 @@ def auto_export(
                   "max_drop": max_drop, "timing_rounds": timing["rounds"], "seconds": round(time.time() - started, 1),
                   "candidates": rows}
         table = out_path.with_name(out_path.name + ".auto")
-        Path(str(table) + ".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        Path(str(table) + ".md").write_text(auto_markdown(result))
+        atomic_write_text(str(table) + ".json", json.dumps(result, indent=2, default=str) + "\n")
+        atomic_write_text(str(table) + ".md", auto_markdown(result))
         result["table_json"], result["table_md"] = str(table) + ".json", str(table) + ".md"
         return result
     finally:
+        for worker in workers.values():
+            worker.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,0 +1,105 @@
+"""Child processes for ``auto``: values and errors come back, crashes and hangs become ChildCrashed."""
+
+import operator
+import os
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mobilecnn.deploy.auto import auto_export, paired_rounds
+from mobilecnn.deploy.workers import ChildCrashed, TimingWorker, call_in_child
+
+
+def test_call_in_child_returns_the_value_and_shares_tensors():
+    assert call_in_child(operator.add, 2, 3) == 5
+    big = torch.arange(1_000_000, dtype=torch.float32)
+    assert call_in_child(torch.Tensor.tolist, big)[-1] == 999_999.0  # the argument went through shared memory
+
+
+def test_call_in_child_reports_an_error_by_type_and_message():
+    with pytest.raises(RuntimeError, match="ValueError: invalid literal"):
+        call_in_child(int, "not a number")
+
+
+def test_a_crash_or_an_exit_status_is_named(tmp_path):
+    log = tmp_path / "child.log"
+    with pytest.raises(ChildCrashed, match="SIGABRT"):
+        call_in_child(os.abort, log=log)
+    with pytest.raises(ChildCrashed, match="exited with status 3"):
+        call_in_child(os._exit, 3)
+
+
+def test_a_hang_is_killed_after_the_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(ChildCrashed, match="did not finish"):
+        call_in_child(time.sleep, 60, timeout=1)
+    assert time.monotonic() - t0 < 30
+
+
+def test_timing_worker_times_a_real_file_and_refuses_a_broken_one(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mobilecnn.deploy.export import export_model
+    from mobilecnn.models import create_model
+
+    model = create_model("shufflenet_v1_g3_x0_5", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    path = tmp_path / "m.onnx"
+    export_model(model, "onnx", path, example=x, verify_images=x)
+    with TimingWorker(path, threads=1, x=x[:1].numpy()) as worker:
+        times = worker.burst(3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx at all")
+    with pytest.raises(RuntimeError, match="broken.onnx"):
+        TimingWorker(broken, threads=1, x=x[:1].numpy())
+
+
+def test_paired_rounds_drops_a_crashing_candidate_and_keeps_the_others_aligned():
+    calls = {"n": 0}
+
+    def crashes_in_round_two(n):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise ChildCrashed("crashed with SIGSEGV")
+        return [0.001] * n
+
+    t = paired_rounds({"good": lambda n: [0.002] * n, "other": lambda n: [0.003] * n,
+                       "bad": crashes_in_round_two}, seconds=0.01, min_rounds=6)
+    assert t["failed"] == {"bad": "crashed with SIGSEGV"}
+    assert set(t["per_round_ms"]) == {"good", "other"}
+    assert len(t["per_round_ms"]["good"]) == len(t["per_round_ms"]["other"]) == t["rounds"] >= 6
+    assert t["median_ms"]["good"] == pytest.approx(2.0)
+
+
+_ABORTING_MODEL = textwrap.dedent('''
+    import os
+    from torch import nn
+
+    class AbortsWhenRun(nn.Module):
+        """A stand-in for a runtime or exporter that dies natively: any forward kills the process."""
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+        def forward(self, x):
+            os.abort()
+''')
+
+
+def test_auto_survives_a_candidate_that_crashes_its_process(tmp_path, monkeypatch):
+    (tmp_path / "aborting_model.py").write_text(_ABORTING_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned child imports the model's class from here
+    import aborting_model
+
+    x = torch.randn(2, 1, 8, 8)
+    result = auto_export(aborting_model.AbortsWhenRun(), tmp_path / "out" / "m", example=x, verify_images=x,
+                         calibration=None, check_images=None, check_labels=None, seconds=0.1,
+                         candidates=[("torchscript", "fp32")])
+    (row,) = result["candidates"]
+    assert row["status"] == "refused" and "SIGABRT" in row["why"] and "export process" in row["why"]
+    assert result["kept"] is None and result["best"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.auto.json", "m.auto.md"]
+    sys.modules.pop("aborting_model", None)
