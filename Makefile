@@ -46,8 +46,11 @@ demo: setup
 	$(BIN)/mobilecnn bench $(DEMO_RUN) --backend eager onnxruntime --out $(DEMO)/bench
 	@echo "report: $(DEMO)/report.md; plots: $(DEMO)/*.png; bench: $(DEMO)/bench/bench.md"
 
+# The suite runs in one worker per core (at most 4: each worker holds its own PyTorch and runtimes).
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # On a machine with a CUDA GPU: benchmarks/results/gpu_check.json and the GPU-only tests (docs/devices.md).
 gpu-check: setup

@@ -1,5 +1,6 @@
 """reproduce: a miniature plan runs end to end and writes the report, the claims and the plots."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch):
     # one Table 5 level with one ShuffleNet, which is also the Table 3 pair: 4 tiny runs
     monkeypatch.setattr(rep, "TABLE5_LEVELS", [("0.25 MobileNet (41 MFLOPs)", "mobilenet_v1_x0_25", ["shufflenet_v1_g8_x0_5"])])
     plan = ReproducePlan("test", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=256,
-                         bench_repeats=2, int8_check_images=300)
+                         bench_repeats=2, int8_check_images=300, int8_calibration_images=64)
     summary = run_reproduce(plan, tmp_path)
     text = Path(summary["report"]).read_text()
     assert "mobilecnn reproduce --test" in text and "## Claims" in text
@@ -37,9 +38,17 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch):
     assert ("held" in text) and "| `shufflenet_v1_g8_x0_5+noshuffle` |" in text
     for png in summary["plots"].values():
         assert Path(png).stat().st_size > 1000
-    # a second run resumes the finished runs instead of training again
+    # a second run takes the finished models as recorded: nothing is trained or measured again
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a finished model was trained or measured again")
+
+    for step in ("_train_eval", "_latency", "_int8"):
+        monkeypatch.setattr(rep, step, measured_again)
     again = run_reproduce(plan, tmp_path)
-    assert again["elapsed_s"] < summary["elapsed_s"] * 2 + 60
+    assert again["elapsed_s"] >= summary["elapsed_s"] * 0.9  # the total still counts the recorded work
+    # a plan that measures differently measures again
+    with pytest.raises(AssertionError, match="measured again"):
+        run_reproduce(replace(plan, int8_check_images=200), tmp_path)
     # the report can be written again from results.json alone, identically
     before = Path(again["report"]).read_text()
     assert Path(rebuild_report(tmp_path)["report"]).read_text() == before

@@ -64,6 +64,7 @@ class ReproducePlan:
     bench_repeats: int = 20
     int8: bool = True
     int8_check_images: int = 10000
+    int8_calibration_images: int = 512  # training images the int8 ranges are calibrated on
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
     device: str = "auto"  # training/evaluation device (--device); latency is always measured on the CPU
     # export --format auto of the seed-0 run: latency of the fastest verified file (runtime + precision) beside
@@ -157,7 +158,9 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
                   progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train, evaluate, quantize and time every model of ``plan``; write ``report.md``, JSON and plots.
 
-    Finished runs are kept under ``out_dir/runs``: running again resumes instead of starting over.
+    Finished runs are kept under ``out_dir/runs``: running again resumes instead of starting over, and a
+    model whose runs and measurements finished under the same plan is taken as recorded
+    (``runs/<key>.result.json``; delete it to measure that model again).
     """
 
     out = Path(out_dir)
@@ -167,7 +170,15 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
     models = plan_models(plan)
     results: dict[str, ModelResult] = {}
     started = time.perf_counter()
+    reused_s = 0.0  # measuring time of the models taken from an earlier invocation, counted in the report's total
     for index, (key, name, shuffle) in enumerate(models):
+        cached = _finished_model(out, key, plan)
+        if cached is not None:
+            results[key], seconds = cached
+            reused_s += seconds
+            notify("done", {"index": index, "total": len(models), "key": key, "top1": results[key].mean, "reused": True})
+            continue
+        model_started = time.perf_counter()
         small = create_model(name, num_classes=10, in_chans=1, small_input=True, **({} if shuffle else {"shuffle": False}))
         prof = profile(small, 32)
         pub = published(name)
@@ -184,14 +195,45 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         first_run = out / "runs" / f"{key}-seed0"
         res.latency_ms = _latency(first_run, plan)
         if plan.int8:
-            res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan.int8_check_images)
+            res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan)
         if plan.auto:
             res.auto_latency_ms, res.auto_choice, res.auto_time_s = _auto(first_run, plan)
         results[key] = res
-        notify("done", {"key": key, "top1": res.mean})
-    elapsed = time.perf_counter() - started
+        _record_finished_model(out, res, plan, time.perf_counter() - model_started)
+        notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
+    elapsed = time.perf_counter() - started + reused_s
     summary = _write_report(plan, results, out, elapsed)
     return summary
+
+
+def _finished_model_file(out: Path, key: str) -> Path:
+    return out / "runs" / f"{key}.result.json"
+
+
+def _record_finished_model(out: Path, res: ModelResult, plan: ReproducePlan, seconds: float) -> None:
+    """A model's measured results, so that running the same plan again reuses them instead of measuring again."""
+    payload = {"plan": asdict(plan), "seconds": seconds, "result": asdict(res)}
+    atomic_write_text(_finished_model_file(out, res.key), json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def _finished_model(out: Path, key: str, plan: ReproducePlan) -> tuple[ModelResult, float] | None:
+    """The recorded results of ``key`` when they were measured under this very plan and its runs still exist."""
+    path = _finished_model_file(out, key)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        recorded, current = payload["plan"], json.loads(json.dumps(asdict(plan)))
+        # the training threads change the speed, not what is measured (latency is timed on one thread)
+        if {k: v for k, v in recorded.items() if k != "threads"} != {k: v for k, v in current.items() if k != "threads"}:
+            return None
+        result = ModelResult(**payload["result"])
+        seconds = float(payload["seconds"])
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable or from another version: measure again
+    if not all((out / "runs" / f"{key}-seed{seed}" / "config.json").is_file() for seed in range(plan.seeds)):
+        return None
+    return result, seconds
 
 
 def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
@@ -231,12 +273,13 @@ def _latency(run: Path, plan: ReproducePlan) -> float | None:
     return ok[0] if ok else None
 
 
-def _int8(run: Path, check_count: int) -> tuple[float | None, float | None, str]:
-    """int8 (onnxruntime static QDQ) and fp32 top-1 on the same ``check_count`` test images; a refused
-    export is reported as such."""
+def _int8(run: Path, plan: ReproducePlan) -> tuple[float | None, float | None, str]:
+    """int8 (onnxruntime static QDQ) and fp32 top-1 on the same ``plan.int8_check_images`` test images; a
+    refused export is reported as such."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            result = export_run(run, "onnx", Path(tmp) / "m.onnx", int8=True, check_count=check_count, max_drop=100.0)
+            result = export_run(run, "onnx", Path(tmp) / "m.onnx", int8=True, check_count=plan.int8_check_images,
+                                calibration_count=plan.int8_calibration_images, max_drop=100.0)
         except (ValueError, ImportError) as exc:
             return None, None, f"int8 export failed: {exc}"
     report = result.get("int8_report") or {}
@@ -345,7 +388,7 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "",
         f"Data: Fashion-MNIST (real, 60k/10k, resized to 32 px), small-input stems. Budget: {budget}. Top-1 on the full "
         "10,000-image test set, mean ± std over seeds. int8: the seed-0 run through onnxruntime static QDQ, calibrated "
-        f"on 512 training images, beside that run's fp32 top-1, both on {plan.int8_check_images:,} test images. "
+        f"on {plan.int8_calibration_images:,} training images, beside that run's fp32 top-1, both on {plan.int8_check_images:,} test images. "
         "Latency: the seed-0 "
         "run in onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
         "the papers' figures are ImageNet at 224 px.",

@@ -13,13 +13,14 @@ pytest.importorskip("onnxruntime")
 
 def test_export_auto_end_to_end(tiny_run, tmp_path, capsys):
     out = tmp_path / "auto" / "m"
+    # two runtimes keep it short; every runtime is exercised by benchmarks/auto_on_runs.py and the round trips
     code = main(["export", str(tiny_run), "--format", "auto", "--out", str(out), "--seconds", "0.3", "--threads", "2",
-                 "--max-drop", "100", "--calibration-count", "64"])
+                 "--max-drop", "100", "--calibration-count", "64", "--candidates", "onnx", "torchscript"])
     text = capsys.readouterr().out
     assert code == 0, text
     table = json.loads((tmp_path / "auto" / "m.auto.json").read_text())
     rows = table["candidates"]
-    assert {(r["format"], r["precision"]) for r in rows} >= {("onnx", "fp32"), ("onnx", "int8")}
+    assert {(r["format"], r["precision"]) for r in rows} == {("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32")}
     verified = [r for r in rows if r["status"] == "verified"]
     assert verified and all(r["latency_ms"] > 0 and r["file_bytes"] > 0 for r in verified)
     assert all(r.get("why") for r in rows if r["status"] != "verified")
@@ -47,6 +48,17 @@ def test_export_precision_flags(tiny_run, tmp_path, capsys):
     assert "bf16" in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--format", "onnx", "--int8", "--precision", "fp32"]) == 2
     assert "contradicts" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--format", "onnx", "--candidates", "onnx"]) == 2
+    assert "--format auto only" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--format", "auto", "--candidates", "tflite"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_candidates_are_limited_to_the_named_formats():
+    from mobilecnn.deploy.auto import auto_candidates
+
+    assert auto_candidates(["onnx"]) == [("onnx", "fp32"), ("onnx", "int8")]
+    assert auto_candidates(["torchscript", "onnx"]) == [("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32")]
 
 
 def test_paired_times_and_bootstrap_ratio():

@@ -26,7 +26,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         result = export_run(args.run, args.format, args.out, precision=precision,
                             calibration_data=args.calibration_data, data_dir=args.data_dir,
                             calibration_count=args.calibration_count, max_drop=args.max_drop,
-                            threads=args.threads, batch=args.batch, seconds=args.seconds)
+                            threads=args.threads, batch=args.batch, seconds=args.seconds,
+                            candidates=args.candidates)
     if args.json:
         out(json.dumps(result, indent=2, default=str))
         return 0
@@ -103,6 +104,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true", help="same as --precision int8")
     p.add_argument("--batch", type=int, default=1, help="auto: batch size the candidates are timed at")
     p.add_argument("--seconds", type=float, default=2.0, help="auto: seconds of timing per candidate")
+    p.add_argument("--candidates", nargs="+", choices=list(FORMATS), default=None, metavar="FORMAT",
+                   help=f"auto: try only these formats ({', '.join(FORMATS)}; default: every installed one), "
+                        "e.g. the runtimes the target device has")
     p.add_argument("--calibration-data", default=None, help="dataset for calibration (default: the training set)")
     p.add_argument("--calibration-count", type=int, default=512)
     p.add_argument("--data-dir", default=None)

@@ -112,9 +112,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     tasks: dict[str, int] = {}
 
     def on_event(event: str, info: dict) -> None:
+        if event in ("model", "done") and "models" not in tasks:
+            tasks["models"] = progress.add_task("models", total=info["total"], stats="")
         if event == "model":
-            if "models" not in tasks:
-                tasks["models"] = progress.add_task("models", total=info["total"], stats="")
             progress.update(tasks["models"], completed=info["index"], stats=f"{info['key']} seed {info['seed']}")
         elif event == "train:start":
             if "train" in tasks:
@@ -124,7 +124,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             progress.update(tasks["train"], completed=info["step"],
                             stats=f"loss {info['loss']:.3f} {info['img_per_s']:.0f} img/s")
         elif event == "done":
-            progress.update(tasks["models"], advance=1, stats=f"{info['key']}: {info['top1']:.2f}%")
+            reused = " (recorded earlier)" if info.get("reused") else ""
+            progress.update(tasks["models"], completed=info["index"] + 1, stats=f"{info['key']}: {info['top1']:.2f}%{reused}")
 
     with progress:
         summary = run_reproduce(plan, out, progress=on_event)

@@ -72,10 +72,21 @@ def installed_formats() -> list[str]:
     return found
 
 
-def auto_candidates() -> list[tuple[str, str]]:
-    """(format, precision) pairs worth trying on this machine, in a fixed order."""
+def auto_candidates(formats: list[str] | None = None) -> list[tuple[str, str]]:
+    """(format, precision) pairs worth trying on this machine, in a fixed order; ``formats``: only these."""
+    installed = installed_formats()
+    if formats is not None:
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown:
+            raise UsageError(f"unknown format {unknown[0]!r}; accepted: {', '.join(FORMATS)}")
+        missing = [f for f in formats if f not in installed]
+        if missing:
+            raise MissingBackendError(f"{missing[0]} is not installed here (installed: {', '.join(installed) or 'none'}); "
+                                      "pip install 'mobilecnn[deploy]'")
     out = []
-    for fmt in installed_formats():
+    for fmt in installed:
+        if formats is not None and fmt not in formats:
+            continue
         out.append((fmt, "fp32"))
         if fmt in BF16_FORMATS and bf16_supported():
             out.append((fmt, "bf16"))

@@ -587,12 +587,14 @@ def export_run(
     precision: str | None = None,
     batch: int = 1,
     seconds: float = 2.0,
+    candidates: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export a trained run; returns the export report plus the sidecar path. Raises on failure (nothing left).
 
     ``fmt="auto"``: every installed runtime x precision, verified and timed; the fastest verified file is
     kept and the candidates table written beside it (:func:`mobilecnn.deploy.auto.auto_export`; ``batch``
-    and ``seconds`` of timing per candidate apply to it).
+    and ``seconds`` of timing per candidate apply to it; ``candidates``: only these formats, default every
+    installed one).
     """
     if precision is None:
         precision = "int8" if int8 else "fp32"
@@ -602,6 +604,8 @@ def export_run(
         raise UsageError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
     auto = fmt == "auto"
     fmt_info = None if auto else format_named(fmt)
+    if candidates is not None and not auto:
+        raise UsageError("--candidates applies to --format auto only")
     quantized = precision == "int8" or auto
     checked = precision != "fp32" or auto
     if quantized and (isinstance(calibration_count, bool) or not isinstance(calibration_count, int)
@@ -633,13 +637,14 @@ def export_run(
         notes.append(f"int8 calibrated on only {len(calibration)} training images (the dataset has no more): "
                      "ranges may be poor, the accuracy check decides")
     if auto:
-        from .auto import auto_export
+        from .auto import auto_candidates, auto_export
 
         if out.suffix.lower() in {s for f in FORMATS.values() for s in f.suffixes}:
             out = out.with_suffix("")
         result = auto_export(loaded.model, out, example=verify[:1], verify_images=verify[:256],
                              calibration=calibration, check_images=verify, check_labels=verify_labels,
-                             max_drop=max_drop, threads=threads, batch=batch, seconds=seconds, sidecar=sidecar)
+                             max_drop=max_drop, threads=threads, batch=batch, seconds=seconds, sidecar=sidecar,
+                             candidates=None if candidates is None else auto_candidates(candidates))
         result["notes"] = notes
         if result["kept"]:
             result["sidecar"] = result["kept"] + SIDECAR_SUFFIX
