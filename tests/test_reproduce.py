@@ -94,3 +94,21 @@ def test_rebuild_report_errors(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="not a reproduce results file"):
         rebuild_report(tmp_path)
+
+
+def test_cli_prints_the_report_and_its_plots(tmp_path, monkeypatch, capsys):
+    import mobilecnn.cli.training as cli_training
+    from mobilecnn.cli import main
+
+    _fake_results(tmp_path, {"mobilenet_v1_x0_25": [80.0, 80.2, 79.8], "shufflenet_v1_g4_x0_5": [84.0, 84.1, 83.9]})
+    assert main(["reproduce", "--report-only", "--out", str(tmp_path)]) == 0
+    assert f"report: {tmp_path / 'report.md'}" in capsys.readouterr().out
+
+    def fake_run(plan, out_dir, progress):
+        progress("done", {"index": 0, "total": 1, "key": "mobilenet_v1_x0_25", "top1": 80.0, "reused": True})
+        return rebuild_report(out_dir)
+
+    monkeypatch.setattr(cli_training, "run_reproduce", fake_run)
+    assert main(["reproduce", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "# mobilecnn reproduce" in printed and "plot (" in printed

@@ -106,7 +106,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     plan = dataclasses.replace(plan, seeds=args.seeds or plan.seeds, threads=args.threads, device=args.device,
                                auto=args.auto or plan.auto)
-    out = args.out or f"reports/{plan.name}"
+    out_dir = args.out or f"reports/{plan.name}"
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err)
     tasks: dict[str, int] = {}
@@ -128,7 +128,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             progress.update(tasks["models"], completed=info["index"] + 1, stats=f"{info['key']}: {info['top1']:.2f}%{reused}")
 
     with progress:
-        summary = run_reproduce(plan, out, progress=on_event)
+        summary = run_reproduce(plan, out_dir, progress=on_event)
     out(Path(summary["report"]).read_text(), end="")
     out(f"\nreport: {summary['report']}")
     for name, path in summary["plots"].items():
