@@ -20,6 +20,17 @@ def test_call_in_child_returns_the_value_and_shares_tensors():
     assert call_in_child(torch.Tensor.tolist, big)[-1] == 999_999.0  # the argument went through shared memory
 
 
+def test_the_callers_tensors_and_their_numpy_views_are_left_alone():
+    # sending a tensor moves its storage into shared memory and frees the old one: a numpy view of it would dangle
+    images = torch.randn(8, 3, 224, 224)
+    view = images[:1].numpy()
+    model = torch.nn.Conv2d(3, 4, 3)
+    assert call_in_child(torch.Tensor.tolist, images[0, 0, 0])[:2] == images[0, 0, 0, :2].tolist()
+    call_in_child(operator.attrgetter("in_channels"), model)
+    assert not images.is_shared() and not model.weight.is_shared()
+    assert view.ctypes.data == images.data_ptr() and float(view.sum()) == pytest.approx(float(images[:1].sum()), rel=1e-5)
+
+
 def test_call_in_child_reports_an_error_by_type_and_message():
     with pytest.raises(RuntimeError, match="ValueError: invalid literal"):
         call_in_child(int, "not a number")

@@ -44,7 +44,7 @@ from .export import BF16_FORMATS, export_model
 from .formats import FORMATS, SIDECAR_SUFFIX
 from .quantize import INT8_FORMATS
 from .runtime import bf16_supported, require_backend
-from .workers import ChildCrashed, TimingWorker, call_in_child
+from .workers import ChildCrashed, TimingWorker, call_in_child, shared_copy
 
 __all__ = ["auto_candidates", "auto_export", "paired_rounds", "paired_times", "bootstrap_ratio", "auto_markdown",
            "installed_formats"]
@@ -223,7 +223,11 @@ def auto_export(
     started = time.time()
     rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.{os.getpid()}.", suffix=".auto", dir=out_dir))
-    x_time = verify_images[:1].expand(batch, *verify_images.shape[1:]).contiguous().numpy()
+    x_time = verify_images[:1].expand(batch, *verify_images.shape[1:]).numpy().copy()  # owns its memory
+    # one shared-memory copy of the model and the images for all the candidates' processes
+    model, example, verify_images, calibration, check_images, check_labels = (
+        None if v is None else shared_copy(v) for v in (model, example, verify_images, calibration, check_images,
+                                                     check_labels))
     workers: dict[str, TimingWorker] = {}
     try:
         for fmt, precision in pairs:

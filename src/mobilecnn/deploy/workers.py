@@ -19,6 +19,7 @@ to a log file whose tail is quoted when it dies.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sys
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as torch_mp
 
-__all__ = ["ChildCrashed", "call_in_child", "TimingWorker"]
+__all__ = ["ChildCrashed", "call_in_child", "TimingWorker", "shared_copy"]
 
 _SPAWN = torch_mp.get_context("spawn")
 _LOG_TAIL = 400
@@ -83,6 +84,21 @@ def _call_main(conn: Any, log: str | None, torch_threads: int, fn: Callable[...,
     conn.close()
 
 
+def shared_copy(value: Any) -> Any:
+    """``value`` ready to travel to a child through shared memory without touching the caller's own copy.
+
+    Sending a tensor to a child moves its storage into shared memory and frees the old memory, which any numpy
+    view the caller still holds points into (a segfault, seen): send a shared clone instead. Tensors and
+    modules already in shared memory go as they are; anything else is pickled as usual.
+    """
+    if isinstance(value, torch.Tensor):
+        return value if value.is_shared() else value.clone().share_memory_()
+    if isinstance(value, torch.nn.Module):
+        tensors = [*value.parameters(), *value.buffers()]
+        return value if all(t.is_shared() for t in tensors) else copy.deepcopy(value).share_memory()
+    return value
+
+
 def _stop(proc: Any, grace: float = 5.0) -> None:
     proc.join(grace)
     if proc.is_alive():
@@ -93,12 +109,15 @@ def _stop(proc: Any, grace: float = 5.0) -> None:
 def call_in_child(fn: Callable[..., Any], *args: Any, log: str | Path | None = None, timeout: float | None = None,
                   **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a fresh spawned process; its return value must pickle (and not be a tensor:
-    a shared tensor outlives the child that shared it only by a race).
+    a shared tensor outlives the child that shared it only by a race). Tensor and module arguments travel as
+    shared-memory copies (:func:`shared_copy`); the caller's own are left as they are.
 
     An exception in the child comes back as ``RuntimeError("<Type>: <message>")``; a child that dies or
     takes longer than ``timeout`` seconds raises :class:`ChildCrashed`. ``fn`` must be importable
     (a module-level function).
     """
+    args = tuple(shared_copy(a) for a in args)
+    kwargs = {k: shared_copy(v) for k, v in kwargs.items()}
     receiver, sender = _SPAWN.Pipe(duplex=False)
     proc = _SPAWN.Process(target=_call_main, args=(sender, str(log) if log else None, torch.get_num_threads(), fn,
                                                    args, kwargs))
@@ -156,7 +175,8 @@ class TimingWorker:
         self.log = Path(log) if log else None
         self.timeout = timeout
         self._conn, child = _SPAWN.Pipe(duplex=True)
-        self._proc = _SPAWN.Process(target=_timing_main, args=(child, str(log) if log else None, str(path), threads, x))
+        self._proc = _SPAWN.Process(target=_timing_main, args=(child, str(log) if log else None, str(path), threads,
+                                                               np.array(x, copy=True)))
         self._proc.start()
         child.close()
         status, detail = self._receive()
