@@ -69,6 +69,20 @@ def test_timing_worker_times_a_real_file_and_refuses_a_broken_one(tmp_path):
         TimingWorker(broken, threads=1, x=x[:1].numpy())
 
 
+def test_a_timing_child_that_dies_while_starting_does_not_hang_the_caller(tmp_path):
+    # An unguarded script: spawn re-runs it in the child, which dies while starting. With a large input in the
+    # start arguments the caller used to block forever writing them.
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
+        import numpy as np
+        from mobilecnn.deploy.workers import TimingWorker
+        TimingWorker("missing.onnx", threads=1, x=np.zeros((4, 3, 512, 512), np.float32), timeout=60)
+    """))
+    import subprocess
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "ChildCrashed: exited with status 1" in done.stderr, done.stderr[-2000:]
+
+
 def test_paired_rounds_drops_a_crashing_candidate_and_keeps_the_others_aligned():
     calls = {"n": 0}
 

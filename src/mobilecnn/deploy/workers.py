@@ -140,10 +140,11 @@ def call_in_child(fn: Callable[..., Any], *args: Any, log: str | Path | None = N
     return value
 
 
-def _timing_main(conn: Any, log: str | None, path: str, threads: int, x: np.ndarray) -> None:
+def _timing_main(conn: Any, log: str | None, path: str, threads: int) -> None:
     _redirect_output(log)
     from .runtime import load_runtime  # the child's own import: only this runtime lives here
 
+    x = conn.recv()[1]
     try:
         runtime = load_runtime(path, threads=threads, trusted=True)
         runtime(x)
@@ -175,10 +176,17 @@ class TimingWorker:
         self.log = Path(log) if log else None
         self.timeout = timeout
         self._conn, child = _SPAWN.Pipe(duplex=True)
-        self._proc = _SPAWN.Process(target=_timing_main, args=(child, str(log) if log else None, str(path), threads,
-                                                               np.array(x, copy=True)))
+        self._proc = _SPAWN.Process(target=_timing_main, args=(child, str(log) if log else None, str(path), threads))
         self._proc.start()
         child.close()
+        # The input goes through the connection, not the start arguments: multiprocessing writes those into a
+        # pipe whose read end it holds itself until the write ends, so a child that dies while starting (an
+        # unguarded ``__main__`` re-run by spawn, say) left the caller blocked forever on a large input.
+        try:
+            self._conn.send(("input", np.array(x, dtype=np.float32, copy=True)))
+        except (BrokenPipeError, ConnectionError, OSError):
+            self._proc.join()
+            raise ChildCrashed(_describe_exit(self._proc.exitcode) + _log_tail(self.log)) from None
         status, detail = self._receive()
         if status == "error":
             self.close()
