@@ -69,6 +69,7 @@ def test_paired_times_and_bootstrap_ratio():
     t = paired_times({"fast": lambda: None, "slow": lambda: _t.sleep(0.002)}, seconds=0.05, min_rounds=5)
     assert t["rounds"] >= 5 and t["median_ms"]["slow"] > t["median_ms"]["fast"]
     assert all(len(v) == t["rounds"] for v in t["per_round_ms"].values())
+    assert t["calls_per_round"]["fast"] == 50 and 5 <= t["calls_per_round"]["slow"] <= 15  # bursts of ~30 ms
     med, lo, hi = bootstrap_ratio([2.0, 2.2, 1.8, 2.0], [1.0, 1.0, 1.0, 1.0])
     assert lo <= med <= hi and 1.8 <= lo and hi <= 2.2
 

@@ -7,7 +7,7 @@ has bf16 instructions; int8 on onnxruntime, OpenVINO and ExecuTorch) :func:`auto
    PyTorch's logits; bf16 and int8 by their top-1 drop on real held-out images, int8 with its
    calibration / float-layer fallback), into a staging folder, each in its own child process;
 2. times every verified candidate *paired*: each file is loaded by its own timing process, and every
-   round asks each of them for a short burst in a freshly shuffled order, so a background load hits all
+   round asks each of them for a burst of about 30 ms in a freshly shuffled order, so a background load hits all
    of them alike; a candidate's latency is the
    median over rounds of its per-round median, and its ratio to the fastest comes with a bootstrap 95%
    interval over rounds;
@@ -101,10 +101,16 @@ def auto_candidates(formats: list[str] | None = None) -> list[tuple[str, str]]:
 
 
 def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: float = 2.0, min_rounds: int = 5,
-                  max_rounds: int = 200, calls_per_round: int | None = None, seed: int = 0) -> dict[str, Any]:
+                  max_rounds: int = 200, calls_per_round: int | None = None, burst_s: float = 0.03,
+                  seed: int = 0) -> dict[str, Any]:
     """Paired latency: each round asks every ``burst(n)`` (seconds of ``n`` calls) once, in a shuffled order.
 
-    Returns ``{"rounds", "calls_per_round", "median_ms": {name: ...}, "per_round_ms": {name: [...]},
+    Each candidate's burst lasts about ``burst_s`` (5 to 50 calls; ``calls_per_round`` fixes it for all):
+    the first calls after another process ran find the caches cold, and 3-call bursts read 20-30% slow
+    against a steady-state run (measured on both CPUs seen), while the fast candidates, those that decide,
+    get the longest bursts.
+
+    Returns ``{"rounds", "calls_per_round": {name: n}, "median_ms": {name: ...}, "per_round_ms": {name: [...]},
     "failed": {name: why}}``; a candidate's latency is the median over rounds of its per-round median.
     A burst that raises :class:`ChildCrashed` drops that candidate (its reason lands in ``failed``) and
     the others go on, their rounds still aligned. The budget is about ``seconds`` per candidate.
@@ -126,10 +132,9 @@ def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: f
         if out is not None:
             probe[name] = max(out[-1], 1e-6)
     if not live:
-        return {"rounds": 0, "calls_per_round": 0, "median_ms": {}, "per_round_ms": {}, "failed": failed}
-    slowest = max(probe[n] for n in live)
-    per_round = calls_per_round or max(3, min(20, int(0.05 / slowest)))
-    round_cost = sum(probe[n] for n in live) * per_round
+        return {"rounds": 0, "calls_per_round": {}, "median_ms": {}, "per_round_ms": {}, "failed": failed}
+    per_round = {n: calls_per_round or max(5, min(50, round(burst_s / probe[n]))) for n in live}
+    round_cost = sum(probe[n] * per_round[n] for n in live)
     rounds = int(min(max_rounds, max(min_rounds, seconds * len(live) / max(round_cost, 1e-6))))
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {n: [] for n in live}
@@ -137,11 +142,11 @@ def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: f
         order = live[:]
         rng.shuffle(order)
         for name in order:
-            times = run(name, per_round)
+            times = run(name, per_round[name])
             if times is not None:
                 samples[name].append(1e3 * statistics.median(times))
     samples = {n: v for n, v in samples.items() if n in live}
-    return {"rounds": rounds, "calls_per_round": per_round,
+    return {"rounds": rounds, "calls_per_round": {n: per_round[n] for n in live},
             "median_ms": {n: statistics.median(v) for n, v in samples.items()}, "per_round_ms": samples,
             "failed": failed}
 
