@@ -116,6 +116,18 @@ def test_export_round_trip(tmp_path, name, fmt):
     assert any("BatchNorm folded" in n for n in report.notes)
 
 
+def test_onnx_traces_the_shuffle_as_one_gather(tmp_path):
+    # OpenVINO and onnxruntime run a Gather faster than reshape/transpose (ShuffleChannels in OpenVINO)
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    model = small_model("shufflenet_v1_g3_x0_5")
+    verify = images(3)
+    path = tmp_path / "s.onnx"
+    export_model(model, "onnx", path, example=verify[:1], verify_images=verify)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Transpose" not in ops and ops.count("Gather") == 16  # one per unit
+
+
 def test_executorch_dynamic_batch(tmp_path):
     pytest.importorskip(PACKAGE["executorch"])
     model = small_model("mobilenet_v1_x0_25")

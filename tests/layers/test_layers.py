@@ -15,6 +15,7 @@ from mobilecnn.layers import (
     group_pointwise_conv,
     make_divisible,
 )
+from mobilecnn.layers.shuffle import shuffle_traced_as_gather
 
 
 def seed_shuffle_nhwc(x: np.ndarray, g: int) -> np.ndarray:
@@ -55,6 +56,20 @@ def test_channel_shuffle_identity_and_errors():
         channel_shuffle(torch.randn(6, 2, 2), 3)
     with pytest.raises(ValueError, match="positive integer"):
         ChannelShuffle(0)
+
+
+def test_shuffle_traced_as_gather_is_the_same_permutation_and_only_while_tracing():
+    x = torch.randn(2, 12, 3, 5)
+    shuffle = ChannelShuffle(3)
+    with shuffle_traced_as_gather():
+        traced = torch.jit.trace(shuffle, (x,), check_trace=False)
+        eager = shuffle(x)  # not tracing: the eager path, unchanged
+    plain = torch.jit.trace(shuffle, (x,), check_trace=False)
+    assert "aten::index_select" in str(traced.graph) and "aten::transpose" not in str(traced.graph)
+    assert "aten::index_select" not in str(plain.graph)
+    other = torch.randn(4, 12, 3, 5)
+    np.testing.assert_array_equal(traced(other).numpy(), channel_shuffle(other, 3).numpy())
+    np.testing.assert_array_equal(eager.numpy(), channel_shuffle(x, 3).numpy())
 
 
 def test_shuffle_of_shuffle_mixes_groups():

@@ -106,9 +106,8 @@ def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: f
     """Paired latency: each round asks every ``burst(n)`` (seconds of ``n`` calls) once, in a shuffled order.
 
     Each candidate's burst lasts about ``burst_s`` (5 to 50 calls; ``calls_per_round`` fixes it for all):
-    the first calls after another process ran find the caches cold, and 3-call bursts read 20-30% slow
-    against a steady-state run (measured on both CPUs seen), while the fast candidates, those that decide,
-    get the longest bursts.
+    the first calls after another process ran find the caches cold, so short bursts read slow
+    (docs/deployment.md), and the fast candidates, those that decide, get the longest bursts.
 
     Returns ``{"rounds", "calls_per_round": {name: n}, "median_ms": {name: ...}, "per_round_ms": {name: [...]},
     "failed": {name: why}}``; a candidate's latency is the median over rounds of its per-round median.

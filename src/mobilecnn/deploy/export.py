@@ -3,7 +3,8 @@
 :func:`export_model` does, for every format:
 
 1. builds the deploy form (:func:`mobilecnn.deploy.fold.deploy_form`: BN folded, export-friendly head);
-   the channel shuffle is traced as reshape/transpose, which every runtime here runs natively;
+   the channel shuffle is traced as one Gather for ONNX and OpenVINO, as reshape/transpose for the others
+   (:func:`mobilecnn.layers.shuffle.shuffle_traced_as_gather`), so every runtime here runs it natively;
 2. writes the file(s) into a staging folder beside ``out_path``;
 3. loads the written file in its own runtime (:func:`mobilecnn.deploy.runtime.load_runtime`) and compares
    with the PyTorch model on ``verify_images``: fp32 must agree to ``rtol`` (max abs logit difference
@@ -46,6 +47,7 @@ from torch import nn
 from ..data import Preprocessing, load_data, locate_dataset
 from ..errors import ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError
 from .fold import DeployClassifier, avgpool_to_depthwise, deploy_form, fold_batchnorm
+from ..layers.shuffle import shuffle_traced_as_gather
 from ..runs.rundir import load_trained
 from .formats import FORMATS, SIDECAR_SUFFIX, format_named
 from .quantize import (
@@ -144,7 +146,7 @@ def _write_onnx(net: nn.Module, example: torch.Tensor, target: Path, opset: int 
     require_backend("onnx", "ONNX export")
     batch = torch.export.Dim("batch", min=1, max=_DYNAMIC_BATCH_MAX)
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
-    with _quiet():
+    with _quiet(), shuffle_traced_as_gather():
         program = torch.onnx.export(net, (_batch2(example),), None, dynamo=True, verbose=False,
                                     dynamic_shapes=({0: batch},), input_names=["input"], output_names=["logits"],
                                     **kwargs)
@@ -169,7 +171,7 @@ def _write_openvino(net: nn.Module, example: torch.Tensor, target: Path, work: P
     (``mobilecnn/inference_precision``), which :class:`mobilecnn.deploy.runtime.OpenVINORuntime` reads."""
     ov = require_backend("openvino", "OpenVINO export")
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), shuffle_traced_as_gather():
             model = ov.convert_model(net, example_input=_batch2(example), input=[-1, *example.shape[1:]])
     except Exception:  # noqa: BLE001 - the torch frontend's many failure types; ONNX is the proven route
         onnx_path = work / "fp32.onnx"

@@ -7,10 +7,14 @@ each group of the next grouped convolution receives channels from every group of
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["channel_shuffle", "ChannelShuffle", "is_tracing"]
+__all__ = ["channel_shuffle", "ChannelShuffle", "is_tracing", "shuffle_traced_as_gather"]
 
 _NATIVE_CL_MAX_NUMEL = 1 << 21
 
@@ -21,14 +25,32 @@ def is_tracing() -> bool:
                 or torch.onnx.is_in_onnx_export())
 
 
+_AS_GATHER: contextvars.ContextVar[bool] = contextvars.ContextVar("mobilecnn_shuffle_as_gather", default=False)
+
+
+@contextlib.contextmanager
+def shuffle_traced_as_gather() -> Iterator[None]:
+    """While tracing inside this block, :func:`channel_shuffle` becomes one Gather with a constant order.
+
+    For the ONNX and OpenVINO exports: OpenVINO turns reshape/transpose into its ShuffleChannels node,
+    which was about a third of ShuffleNet's int8 latency there, and a Gather runs faster in both runtimes;
+    XNNPACK does not delegate it, so ExecuTorch keeps reshape/transpose (docs/deployment.md).
+    """
+    token = _AS_GATHER.set(True)
+    try:
+        yield
+    finally:
+        _AS_GATHER.reset(token)
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Shuffle the channels of an NCHW tensor across ``groups`` (ShuffleNet section 3.1).
 
     With C = g * n channels, the channel axis is viewed as (g, n), transposed to (n, g) and flattened:
     output channel ``k = i * g + j`` takes input channel ``j * n + i``. Values are identical for
     contiguous (NCHW) and channels_last inputs, and the output keeps the input's memory format.
-    When tracing or exporting only reshape/transpose are used, so the op exports to ONNX (Reshape +
-    Transpose) and every runtime runs it natively (the legacy ONNX exporter has no
+    When tracing or exporting only reshape/transpose are used (one gather inside
+    :func:`shuffle_traced_as_gather`), so the op exports to ONNX and every runtime runs it natively (the legacy ONNX exporter has no
     ``aten::channel_shuffle``); in eager mode small channels_last tensors go to PyTorch's native
     channel-shuffle kernel (same values, faster).
     """
@@ -40,6 +62,9 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
         return x
     per_group = channels // groups
+    if _AS_GATHER.get() and is_tracing():
+        order = torch.arange(channels, device=x.device).reshape(groups, per_group).t().reshape(-1)
+        return x.index_select(1, order)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if channels_last and x.numel() <= _NATIVE_CL_MAX_NUMEL and not is_tracing():
         # PyTorch's channels-last kernel is faster than the copy below up to ~2M elements and slower
