@@ -169,6 +169,44 @@ def test_verification_failure_deletes_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.fixture
+def bf16_runtime(monkeypatch):
+    """Make the bf16 OpenVINO file's runtime return ``transform(logits)``: rounding or a real loss."""
+    pytest.importorskip("openvino")
+    import mobilecnn.deploy.export as export_mod
+    from mobilecnn.deploy.runtime import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no bf16 instructions")
+    real = export_mod.load_runtime
+
+    def use(transform):
+        monkeypatch.setattr(export_mod, "load_runtime",
+                            lambda p, threads=1, **kw: (lambda x: transform(real(p, threads, **kw)(x))))
+    return use
+
+
+def test_bf16_is_judged_by_its_top1_drop_not_by_its_logits(tmp_path, bf16_runtime):
+    from mobilecnn.deploy.export import BF16_RTOL
+    from mobilecnn.errors import Int8AccuracyError
+
+    model = small_model("mobilenet_v1_x0_25")
+    check = images(40, seed=5)
+    with torch.no_grad():
+        labels = model(check).argmax(1)
+    kwargs = dict(example=images(1), verify_images=images(4), precision="bf16", check_images=check,
+                  check_labels=labels)
+    bf16_runtime(lambda z: 1.5 * z)  # logits far from PyTorch's, every top-1 the same
+    report = export_model(model, "openvino", tmp_path / "a.xml", **kwargs)
+    assert report.rel_diff > BF16_RTOL and report.int8_report.drop == 0
+    with pytest.raises(ExportVerificationError, match="rtol"):  # no labelled check: the logits must agree
+        export_model(model, "openvino", tmp_path / "b.xml", **{**kwargs, "check_accuracy": False})
+    bf16_runtime(lambda z: -z)  # top-1 lost
+    with pytest.raises(Int8AccuracyError, match="bf16 refused"):
+        export_model(model, "openvino", tmp_path / "c.xml", **kwargs)
+    assert not (tmp_path / "b.xml").exists() and not (tmp_path / "c.xml").exists()
+
 def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     import mobilecnn.deploy.export as export_mod

@@ -8,7 +8,8 @@
 2. writes the file(s) into a staging folder beside ``out_path``;
 3. loads the written file in its own runtime (:func:`mobilecnn.deploy.runtime.load_runtime`) and compares
    with the PyTorch model on ``verify_images``: fp32 must agree to ``rtol`` (max abs logit difference
-   / max abs logit), int8 must not lose more than ``max_drop`` top-1 points on the labelled check set;
+   / max abs logit), bf16 and int8 must not lose more than ``max_drop`` top-1 points on the labelled
+   check set;
 4. only then moves the file(s) into place (``os.replace``, fsynced: a crash leaves the old file or
    the new one). A file that fails is deleted and :class:`ExportVerificationError` (fp32) or
    :class:`Int8AccuracyError` (int8) is raised with the numbers; an existing file at ``out_path`` is
@@ -80,7 +81,10 @@ __all__ = [
 #: ExecuTorch's XNNPACK does not delegate bf16 -- research q3), and only on CPUs with bf16 instructions.
 PRECISIONS = ("fp32", "bf16", "int8")
 BF16_FORMATS = ("openvino",)
-#: bf16 keeps 8 mantissa bits: logits differ by ~4e-3 relative (measured); the labelled check decides.
+#: bf16 is judged like int8, by the top-1 drop on the labelled check set. Its logits are only held to
+#: this closeness when no labelled check runs (latency measurement): bf16 keeps 8 mantissa bits, so a
+#: trained model's logits move ~4e-3 relative, but a barely trained one, whose logits nearly tie, moved
+#: 0.28 with no top-1 loss (benchmarks/results/auto_on_runs.md).
 BF16_RTOL = 0.05
 #: int8 fallback: at most this many quantize-and-check attempts keeping layers in float.
 MAX_EXCLUDE_STEPS = 5
@@ -310,7 +314,8 @@ def export_model(
     ``"int8"`` (same as ``int8=True``). int8 (onnx, openvino, executorch) needs ``calibration``
     (preprocessed training images, 256-512); int8 and bf16 need a labelled check set
     ``check_images``/``check_labels`` and are refused when their top-1 is more than ``max_drop`` points
-    below fp32 (bf16 must also match PyTorch's logits to :data:`BF16_RTOL`). Before refusing int8 the
+    below fp32 (their logits are reported, not gated: rounding moves them; :data:`BF16_RTOL` guards
+    bf16 only when ``check_accuracy=False``). Before refusing int8 the
     other calibration methods of the format are tried, then the most int8-sensitive layers are kept in
     float (``int8_fallback=False``: the default calibration only); the report names the calibration
     and the float layers (``calibration``, ``float_layers``, ``attempts``).
@@ -442,8 +447,12 @@ def export_model(
             report = _report(out_path, fmt, int8, max_abs, rel, agreement, file_bytes, notes, dynamic, static_batch,
                              scheme)
             report.precision = precision
+            if not np.isfinite(out).all():
+                raise ExportVerificationError(f"{out_path.name}: the {fmt} {precision} file returned non-finite "
+                                              "logits; the file was deleted", report)
             tol = BF16_RTOL if precision == "bf16" else rtol
-            if precision != "int8" and not rel <= tol:
+            gated = precision == "fp32" or (precision == "bf16" and not accuracy_check)
+            if gated and not rel <= tol:
                 raise ExportVerificationError(
                     f"{out_path.name}: the {fmt} {precision} file disagrees with PyTorch on {len(verify)} verification "
                     f"images: max |diff| {max_abs:.3g}, relative {rel:.3g} > rtol {tol:g}, top-1 agreement "
