@@ -1,11 +1,19 @@
-"""How should an exported ShuffleNet spell its channel shuffle? Reshape/transpose vs one Gather, paired.
+"""How should an exported ShuffleNet spell its channel shuffle, and what does the shuffle cost there?
 
-``shufflenet_v1_g3_x1_0`` (random weights, non-trivial BN) is exported twice per runtime and precision
-with :func:`mobilecnn.deploy.export.export_model`: once with the shuffle traced as reshape/transpose
-and once as a Gather with the constant permutation (:func:`mobilecnn.layers.shuffle.shuffle_traced_as_gather`).
-Both files of a pair are loaded side by side and timed in interleaved rounds (batch 1, one thread);
-the ratio gather/reshape is the median of the per-round ratios with a bootstrap 95% interval. The export
-uses the Gather where this ratio is below 1 (ONNX, OpenVINO) and reshape/transpose elsewhere.
+``shufflenet_v1_g3_x1_0`` (random weights, non-trivial BN) is exported with
+:func:`mobilecnn.deploy.export.export_model` in four spellings per runtime and precision:
+
+* ``reshape``: the shuffle traced as reshape/transpose;
+* ``gather``: one Gather with the constant permutation (:func:`mobilecnn.layers.shuffle.shuffle_traced_as_gather`);
+* ``folded``: no shuffle op at all, the same function: the permutation is moved through the depthwise
+  conv (a per-channel op: its weights and BN are permuted) into the next 1x1, which becomes a dense
+  conv with permuted input columns (3x that conv's MACs at g=3; :func:`fold_shuffle_into_expand`);
+* ``none``: the shuffle deleted -- a different function, timed only as the lower bound of what any
+  spelling of the shuffle could reach.
+
+The files are loaded side by side and timed in interleaved rounds (batch 1, one thread); each spelling
+is reported as the median of its per-round ratios to the format's default spelling (Gather for ONNX
+and OpenVINO, reshape/transpose for ExecuTorch) with a bootstrap 95% interval.
 
 Writes ``benchmarks/results/shuffle_export.{json,md}``. About 10 minutes on two idle cores.
 
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -26,13 +35,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 import mobilecnn.deploy.export as export_module  # noqa: E402
 from deploy_speed import _nontrivial_bn  # noqa: E402 - this folder's benchmark, beside this script
 from mobilecnn import create_model  # noqa: E402
 from mobilecnn.deploy.auto import bootstrap_ratio, paired_times  # noqa: E402
 from mobilecnn.deploy.runtime import bf16_supported, load_runtime  # noqa: E402
-from mobilecnn.layers.shuffle import shuffle_traced_as_gather  # noqa: E402
+from mobilecnn.layers.blocks import ShuffleNetUnit  # noqa: E402
+from mobilecnn.layers.shuffle import ChannelShuffle, shuffle_traced_as_gather  # noqa: E402
 from mobilecnn.runs.files import atomic_write_text  # noqa: E402
 
 MODEL = "shufflenet_v1_g3_x1_0"
@@ -41,9 +52,56 @@ CASES = [("onnx", ".onnx", "fp32"), ("onnx", ".onnx", "int8"), ("openvino", ".xm
          ("executorch", ".pte", "int8")]
 
 
+SPELLINGS = ("reshape", "gather", "folded", "none")
+DEFAULT_SPELLING = {"onnx": "gather", "openvino": "gather", "executorch": "reshape"}
+
+
+def fold_shuffle_into_expand(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` computing the same function with no channel shuffle op.
+
+    In each unit, shuffle -> depthwise(+BN) -> grouped 1x1 expand(+BN) becomes depthwise'(+BN') ->
+    dense 1x1 expand'(+BN): shuffled channel i is input channel ``order[i]``, so the depthwise conv and
+    its BN (per-channel) take their parameters from ``order``'s inverse, and the expand conv reads
+    its input through the permutation, which a grouped conv cannot, hence dense (zeros off its groups).
+    """
+    model = copy.deepcopy(model).eval()
+    for unit in model.modules():
+        if not isinstance(unit, ShuffleNetUnit) or not isinstance(unit.shuffle, ChannelShuffle):
+            continue
+        groups, conv, bn, expand = unit.shuffle.groups, unit.depthwise.conv, unit.depthwise.bn, unit.expand.conv
+        channels = conv.in_channels
+        order = torch.arange(channels).reshape(groups, channels // groups).t().reshape(-1)
+        inverse = torch.argsort(order)
+        dense = nn.Conv2d(channels, expand.out_channels, 1, bias=expand.bias is not None)
+        per_in, per_out = channels // groups, expand.out_channels // groups
+        with torch.no_grad():
+            for tensor in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                if tensor is not None:
+                    tensor.copy_(tensor[inverse])
+            block = torch.zeros(expand.out_channels, channels, 1, 1)
+            for k in range(groups):
+                block[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = \
+                    expand.weight[k * per_out:(k + 1) * per_out]
+            dense.weight.zero_()
+            dense.weight[:, order] = block
+            if expand.bias is not None:
+                dense.bias.copy_(expand.bias)
+        unit.expand.conv = dense
+        unit.shuffle = nn.Identity()
+    return model
+
+
+def without_shuffle(model: nn.Module) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    for unit in model.modules():
+        if isinstance(unit, ShuffleNetUnit):
+            unit.shuffle = nn.Identity()
+    return model
+
+
 def export(model: torch.nn.Module, fmt: str, path: Path, precision: str, spelling: str, x: torch.Tensor,
            images: torch.Tensor) -> None:
-    """Export with the shuffle spelled ``spelling`` ("reshape" or "gather") whatever the format's default."""
+    """Export with the shuffle traced as ``spelling`` ("reshape" or "gather") whatever the format's default."""
     default = export_module.shuffle_traced_as_gather
     export_module.shuffle_traced_as_gather = contextlib.nullcontext  # the format's own choice is off
     try:
@@ -65,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = _nontrivial_bn(create_model(MODEL))
+    models = {"reshape": model, "gather": model, "folded": fold_shuffle_into_expand(model),
+              "none": without_shuffle(model)}
     x = torch.randn(1, 3, args.resolution, args.resolution)
+    with torch.no_grad():
+        drift = float((models["folded"](x) - model(x)).abs().max() / model(x).abs().max())
+    if not drift < 1e-4:
+        raise SystemExit(f"fold_shuffle_into_expand changed the logits ({drift:.2g} relative)")
     images = torch.randn(64, 3, args.resolution, args.resolution)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     rows = []
@@ -74,30 +138,41 @@ def main(argv: list[str] | None = None) -> int:
             if precision == "bf16" and not bf16_supported():
                 continue
             files = {}
-            for spelling in ("reshape", "gather"):
+            for spelling in SPELLINGS:
                 path = Path(tmp) / f"{fmt}_{precision}_{spelling}{suffix}"
-                export(model, fmt, path, precision, spelling, x, images)
+                traced = spelling if spelling in ("reshape", "gather") else DEFAULT_SPELLING[fmt]
+                export(models[spelling], fmt, path, precision, traced, x, images)
                 files[spelling] = load_runtime(path, threads=1, trusted=True)
             xn = x.numpy()
             t = paired_times({s: (lambda r: lambda: r(xn))(r) for s, r in files.items()}, seconds=args.seconds,
                              min_rounds=30)
-            ratio = bootstrap_ratio(t["per_round_ms"]["gather"], t["per_round_ms"]["reshape"])
-            rows.append({"format": fmt, "precision": precision, "reshape_ms": t["median_ms"]["reshape"],
-                         "gather_ms": t["median_ms"]["gather"], "gather_vs_reshape": list(ratio),
-                         "rounds": t["rounds"]})
-            print(f"{fmt} {precision}: gather/reshape {ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]", file=sys.stderr)
+            default = DEFAULT_SPELLING[fmt]
+            row = {"format": fmt, "precision": precision, "default": default, "rounds": t["rounds"],
+                   "median_ms": t["median_ms"], "vs_default": {}}
+            for spelling in SPELLINGS:
+                if spelling != default:
+                    row["vs_default"][spelling] = list(bootstrap_ratio(t["per_round_ms"][spelling],
+                                                                       t["per_round_ms"][default]))
+            rows.append(row)
+            print(f"{fmt} {precision}: " + ", ".join(f"{k} {v[0]:.3f}" for k, v in row["vs_default"].items()),
+                  file=sys.stderr)
             del files
     meta = {"model": MODEL, "cpu": cpu, "resolution": args.resolution, "batch": 1, "threads": 1,
             "loadavg": open("/proc/loadavg").read().split()[:3], "torch": torch.__version__}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out_dir / "shuffle_export.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["# shuffle_export: channel shuffle as reshape/transpose vs one Gather, paired", "",
+    lines = ["# shuffle_export: ShuffleNet's channel shuffle in each runtime, four spellings, paired", "",
              f"{MODEL}, {cpu}, batch 1, one thread, {args.resolution} px; load average at the end {meta['loadavg']}.",
-             "", "| runtime | precision | reshape (ms) | gather (ms) | gather / reshape [95% CI] |", "|---|---|---|---|---|"]
+             "Ratios are to the format's default spelling (marked *); `folded` is the same function with no shuffle "
+             "op (dense expand conv), `none` deletes the shuffle (a lower bound, not the same model).", "",
+             "| runtime | precision | " + " | ".join(f"{s} (ms)" for s in SPELLINGS) + " | "
+             + " | ".join(f"{s} / default [95% CI]" for s in SPELLINGS) + " |",
+             "|---|---|" + "---|" * (2 * len(SPELLINGS))]
     for r in rows:
-        v = r["gather_vs_reshape"]
-        lines.append(f"| {r['format']} | {r['precision']} | {r['reshape_ms']:.3f} | {r['gather_ms']:.3f} | "
-                     f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] |")
+        times = " | ".join(f"{r['median_ms'][s]:.3f}" + ("*" if s == r["default"] else "") for s in SPELLINGS)
+        ratios = " | ".join("1 (default)" if s == r["default"] else "{:.3f} [{:.3f}, {:.3f}]".format(*r["vs_default"][s])
+                            for s in SPELLINGS)
+        lines.append(f"| {r['format']} | {r['precision']} | {times} | {ratios} |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.out_dir / "shuffle_export.md", text)
     print(text)
