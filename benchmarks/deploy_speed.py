@@ -14,6 +14,9 @@ Plain counterparts (what a user gets without mobilecnn):
 * ``shufflenet_v1_g3_x1_0`` and ``mobilenet_v1_x1_0`` -- our own model (BN unfolded) through each
   runtime's default converter.
 
+Controls: every plain path is exported and loaded twice; the second copy's ratio to the first is what
+an identical file reads (code and weights placed at other addresses), the resolution of the other ratios.
+
 mobilecnn paths: eager, and :func:`mobilecnn.deploy.export.export_model` per format (fp32), plus
 ``auto`` (the fastest verified file of ``export --format auto``; here latency only -- random weights,
 so the int8/bf16 accuracy check is not run: the Fashion-MNIST runs of ``reproduce --quick`` check it).
@@ -32,6 +35,7 @@ Usage: ``python benchmarks/deploy_speed.py [--quick] [--rounds N] [--threads T] 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -181,7 +185,6 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
         plain = _nontrivial_bn(torchvision.models.mobilenet_v2(weights=None))
         plain_label = "torchvision mobilenet_v2"
     else:
-        import copy
         plain = copy.deepcopy(ours)
         plain_label = f"{name} (BN unfolded), default converters"
     x = torch.randn(batch, 3, res, res)
@@ -189,22 +192,28 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
     paths: dict[str, object] = {}
     pairs: list[tuple[str, str]] = []
     notes: list[str] = []
+    controls: list[tuple[str, str]] = []  # (second copy, plain): the resolution of a file-vs-file ratio
     if name.startswith("mobilenet_v2"):
         paths["plain eager"], paths["mobilecnn eager"] = eager(plain), eager(ours)
+        paths["plain eager, second copy"] = eager(copy.deepcopy(plain))
         pairs.append(("mobilecnn eager", "plain eager"))
+        controls.append(("plain eager, second copy", "plain eager"))
     for fmt, suffix in FORMATS.items():
         try:
-            if fmt == "onnx":
-                paths["plain onnxruntime"] = plain_onnx(plain, x, work / f"{name}_plain.onnx")
-            elif fmt == "openvino":
-                paths["plain openvino"] = plain_openvino(plain, x)
-            else:
-                paths["plain executorch"] = plain_executorch(plain, x, work / f"{name}_plain.pte")
+            label = {"onnx": "onnxruntime"}.get(fmt, fmt)
+            for copy_tag, file_tag in (("", ""), (", second copy", "2")):  # the same plain model, twice
+                if fmt == "onnx":
+                    run = plain_onnx(plain, x, work / f"{name}_plain{file_tag}.onnx")
+                elif fmt == "openvino":
+                    run = plain_openvino(plain, x)
+                else:
+                    run = plain_executorch(plain, x, work / f"{name}_plain{file_tag}.pte")
+                paths[f"plain {label}{copy_tag}"] = run
+            controls.append((f"plain {label}, second copy", f"plain {label}"))
             out = work / f"{name}_ours{suffix}"
             ex = x if fmt == "executorch" else x[:1]
             export_model(ours, fmt, out, example=ex, verify_images=images[:8])
             rt = load_runtime(out, threads=THREADS, trusted=True)
-            label = {"onnx": "onnxruntime"}.get(fmt, fmt)
             paths[f"mobilecnn {label}"] = rt
             pairs.append((f"mobilecnn {label}", f"plain {label}"))
         except Exception as exc:  # noqa: BLE001 - a missing runtime skips its pair
@@ -220,12 +229,14 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
         paths["mobilecnn auto"] = load_runtime(auto["kept"], threads=THREADS, trusted=True)
     t = paired_rounds(paths, x.numpy(), rounds, calls, max_other)
     med = {n: (statistics.median(v) if v else None) for n, v in t["per_round_ms"].items()}
-    plain_fp32 = [n for n in med if n.startswith("plain") and "bf16" not in n and med[n] is not None]
+    plain_fp32 = [n for n in med if n.startswith("plain") and "bf16" not in n and "second copy" not in n
+                  and med[n] is not None]
     best_plain = min(plain_fp32, key=lambda n: med[n]) if plain_fp32 else None
     result = {"model": name, "plain": plain_label, "resolution": res, "batch": batch,
               "rounds_kept": t["kept"], "rounds_dropped": t["dropped"],
               "other_load_median": statistics.median(t["other_load"]) if t["other_load"] else None,
               "median_ms": med, "pairs": {a: {"vs": b, "ratio": ratio(t, a, b)} for a, b in pairs},
+              "controls": {a: {"vs": b, "ratio": ratio(t, a, b)} for a, b in controls},
               "best_plain_fp32": best_plain,
               "auto": {"choice": (auto.get("best") or {}).get("candidate"), "seconds": round(auto_s, 1),
                        "vs_best_plain_fp32": ratio(t, "mobilecnn auto", best_plain) if best_plain else None,
@@ -267,7 +278,10 @@ def summarise(results: list[dict], cross: dict | None) -> dict:
         val = cross["ratio"]
         aims.append({"aim": f"auto shufflenet_v1_g3_x1_0 <= {AIM_SHUFFLE_VS_V2}x auto mobilenet_v2_x1_0 (paired)",
                      "value": val, "met": val[2] <= AIM_SHUFFLE_VS_V2})
-    return {"aims": aims, "all_met": all(a["met"] for a in aims) if aims else None}
+    controls = [c["ratio"] for r in results for c in r.get("controls", {}).values() if c["ratio"]]
+    spread = ([min(c[0] for c in controls), max(c[0] for c in controls), min(c[1] for c in controls),
+               max(c[2] for c in controls)] if controls else None)
+    return {"aims": aims, "all_met": all(a["met"] for a in aims) if aims else None, "control_spread": spread}
 
 
 def markdown(meta: dict, results: list[dict], cross: dict | None, summary: dict) -> str:
@@ -282,7 +296,7 @@ def markdown(meta: dict, results: list[dict], cross: dict | None, summary: dict)
                   f"**{r['auto']['choice']}** (auto took {r['auto']['seconds']} s)", "",
                   "| path | median (ms) | paired ratio vs plain [95% CI] |", "|---|---|---|"]
         for n, m in sorted(r["median_ms"].items(), key=lambda kv: kv[1] or 1e9):
-            p = r["pairs"].get(n)
+            p = r["pairs"].get(n) or r.get("controls", {}).get(n)
             rr = p["ratio"] if p else (r["auto"]["vs_best_plain_fp32"] if n == "mobilecnn auto" else None)
             vs = (f" vs {p['vs']}" if p else (f" vs {r['best_plain_fp32']}" if rr else ""))
             txt = f"{rr[0]:.3f} [{rr[1]:.3f}, {rr[2]:.3f}]{vs}" if rr else "-"
@@ -300,6 +314,11 @@ def markdown(meta: dict, results: list[dict], cross: dict | None, summary: dict)
     for a in summary["aims"]:
         v = a["value"]
         lines.append(f"| {a['aim']} | {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}] | {'yes' if a['met'] else 'NO'} |")
+    spread = summary.get("control_spread")
+    if spread:
+        lines += ["", f"Resolution: the same plain model exported and loaded twice ('second copy' rows) read "
+                      f"{spread[0]:.3f} to {spread[1]:.3f}x itself (interval bounds {spread[2]:.3f} to {spread[3]:.3f}): "
+                      "a path-vs-plain ratio inside that band cannot be told from an identical file."]
     return "\n".join(lines) + "\n"
 
 
