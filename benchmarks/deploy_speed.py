@@ -229,7 +229,8 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
         paths["mobilecnn auto"] = load_runtime(auto["kept"], threads=THREADS, trusted=True)
     t = paired_rounds(paths, x.numpy(), rounds, calls, max_other)
     med = {n: (statistics.median(v) if v else None) for n, v in t["per_round_ms"].items()}
-    plain_fp32 = [n for n in med if n.startswith("plain") and "bf16" not in n and "second copy" not in n
+    second_copies = {a for a, _ in controls}
+    plain_fp32 = [n for n in med if n.startswith("plain") and "bf16" not in n and n not in second_copies
                   and med[n] is not None]
     best_plain = min(plain_fp32, key=lambda n: med[n]) if plain_fp32 else None
     result = {"model": name, "plain": plain_label, "resolution": res, "batch": batch,

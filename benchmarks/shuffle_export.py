@@ -43,7 +43,7 @@ from mobilecnn import create_model  # noqa: E402
 from mobilecnn.deploy.auto import bootstrap_ratio, paired_times  # noqa: E402
 from mobilecnn.deploy.runtime import bf16_supported, load_runtime  # noqa: E402
 from mobilecnn.layers.blocks import ShuffleNetUnit  # noqa: E402
-from mobilecnn.layers.shuffle import ChannelShuffle, shuffle_traced_as_gather  # noqa: E402
+from mobilecnn.layers.shuffle import ChannelShuffle, shuffle_order, shuffle_traced_as_gather  # noqa: E402
 from mobilecnn.runs.files import atomic_write_text  # noqa: E402
 
 MODEL = "shufflenet_v1_g3_x1_0"
@@ -60,9 +60,10 @@ def fold_shuffle_into_expand(model: nn.Module) -> nn.Module:
     """A copy of ``model`` computing the same function with no channel shuffle op.
 
     In each unit, shuffle -> depthwise(+BN) -> grouped 1x1 expand(+BN) becomes depthwise'(+BN') ->
-    dense 1x1 expand'(+BN): shuffled channel i is input channel ``order[i]``, so the depthwise conv and
-    its BN (per-channel) take their parameters from ``order``'s inverse, and the expand conv reads
-    its input through the permutation, which a grouped conv cannot, hence dense (zeros off its groups).
+    dense 1x1 expand'(+BN): shuffled channel i is input channel ``shuffle_order(...)[i]``, so the
+    depthwise conv and its BN (per-channel) take their parameters through the inverse permutation, and
+    the expand conv reads its input through the permutation, which a grouped conv cannot, hence dense
+    (zeros off its groups).
     """
     model = copy.deepcopy(model).eval()
     for unit in model.modules():
@@ -70,20 +71,15 @@ def fold_shuffle_into_expand(model: nn.Module) -> nn.Module:
             continue
         groups, conv, bn, expand = unit.shuffle.groups, unit.depthwise.conv, unit.depthwise.bn, unit.expand.conv
         channels = conv.in_channels
-        order = torch.arange(channels).reshape(groups, channels // groups).t().reshape(-1)
-        inverse = torch.argsort(order)
+        inverse = torch.argsort(shuffle_order(channels, groups))
         dense = nn.Conv2d(channels, expand.out_channels, 1, bias=expand.bias is not None)
-        per_in, per_out = channels // groups, expand.out_channels // groups
         with torch.no_grad():
             for tensor in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var):
                 if tensor is not None:
                     tensor.copy_(tensor[inverse])
-            block = torch.zeros(expand.out_channels, channels, 1, 1)
-            for k in range(groups):
-                block[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = \
-                    expand.weight[k * per_out:(k + 1) * per_out]
-            dense.weight.zero_()
-            dense.weight[:, order] = block
+            # the grouped weights as one block-diagonal matrix, its columns read through the permutation
+            block = torch.block_diag(*expand.weight[:, :, 0, 0].split(expand.out_channels // groups))
+            dense.weight.copy_(block[:, inverse, None, None])
             if expand.bias is not None:
                 dense.bias.copy_(expand.bias)
         unit.expand.conv = dense
@@ -127,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
               "none": without_shuffle(model)}
     x = torch.randn(1, 3, args.resolution, args.resolution)
     with torch.no_grad():
-        drift = float((models["folded"](x) - model(x)).abs().max() / model(x).abs().max())
+        reference = model(x)
+        drift = float((models["folded"](x) - reference).abs().max() / reference.abs().max())
     if not drift < 1e-4:
         raise SystemExit(f"fold_shuffle_into_expand changed the logits ({drift:.2g} relative)")
     images = torch.randn(64, 3, args.resolution, args.resolution)

@@ -169,7 +169,6 @@ def test_verification_failure_deletes_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-
 @pytest.fixture
 def bf16_runtime(monkeypatch):
     """Make the bf16 OpenVINO file's runtime return ``transform(logits)``: rounding or a real loss."""
@@ -206,6 +205,7 @@ def test_bf16_is_judged_by_its_top1_drop_not_by_its_logits(tmp_path, bf16_runtim
     with pytest.raises(Int8AccuracyError, match="bf16 refused"):
         export_model(model, "openvino", tmp_path / "c.xml", **kwargs)
     assert not (tmp_path / "b.xml").exists() and not (tmp_path / "c.xml").exists()
+
 
 def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["channel_shuffle", "ChannelShuffle", "is_tracing", "shuffle_traced_as_gather"]
+__all__ = ["channel_shuffle", "ChannelShuffle", "is_tracing", "shuffle_order", "shuffle_traced_as_gather"]
 
 _NATIVE_CL_MAX_NUMEL = 1 << 21
 
@@ -43,6 +43,11 @@ def shuffle_traced_as_gather() -> Iterator[None]:
         _AS_GATHER.reset(token)
 
 
+def shuffle_order(channels: int, groups: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The shuffle as a permutation: output channel ``k`` is input channel ``shuffle_order(...)[k]``."""
+    return torch.arange(channels, device=device).reshape(groups, channels // groups).t().reshape(-1)
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Shuffle the channels of an NCHW tensor across ``groups`` (ShuffleNet section 3.1).
 
@@ -63,8 +68,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         return x
     per_group = channels // groups
     if _AS_GATHER.get() and is_tracing():
-        order = torch.arange(channels, device=x.device).reshape(groups, per_group).t().reshape(-1)
-        return x.index_select(1, order)
+        return x.index_select(1, shuffle_order(channels, groups, x.device))
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if channels_last and x.numel() <= _NATIVE_CL_MAX_NUMEL and not is_tracing():
         # PyTorch's channels-last kernel is faster than the copy below up to ~2M elements and slower
