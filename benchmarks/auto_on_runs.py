@@ -1,7 +1,7 @@
 """Issue 15: does ``export --format auto`` return a verified file for every trained run of ``reproduce --quick``?
 
 For every run directory under ``RUNS`` (default ``runs/demo/runs``, what ``make demo`` trains), this calls
-:func:`mobilecnn.deploy.export.export_run` with ``fmt="auto"`` (every installed runtime x precision,
+:func:`mobilecnn.deploy.run_export.export_run` with ``fmt="auto"`` (every installed runtime x precision,
 verified on real held-out Fashion-MNIST images with ``--max-drop``, timed, fastest kept) and records which
 candidate was kept, its latency beside the fastest fp32 file, and every refusal with its reason.
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mobilecnn.deploy.export import export_run
+from mobilecnn.deploy.run_export import export_run
 from mobilecnn.runs.files import atomic_write_text
 
 

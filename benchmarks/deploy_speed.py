@@ -55,9 +55,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mobilecnn import create_model  # noqa: E402
-from mobilecnn.deploy.auto import auto_export, bootstrap_ratio  # noqa: E402
-from mobilecnn.deploy.export import export_model  # noqa: E402
-from mobilecnn.deploy.runtime import bf16_supported, load_runtime  # noqa: E402
+from mobilecnn.deploy.auto import AutoConfig, auto_export  # noqa: E402
+from mobilecnn.deploy.backends import bf16_supported  # noqa: E402
+from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model  # noqa: E402
+from mobilecnn.deploy.formats import load_runtime  # noqa: E402
+from mobilecnn.deploy.timing import bootstrap_ratio  # noqa: E402
 from mobilecnn.runs.files import atomic_write_text  # noqa: E402
 
 MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v1_x1_0"]
@@ -212,7 +214,7 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
             controls.append((f"plain {label}, second copy", f"plain {label}"))
             out = work / f"{name}_ours{suffix}"
             ex = x if fmt == "executorch" else x[:1]
-            export_model(ours, fmt, out, example=ex, verify_images=images[:8])
+            export_model(ours, out, ExportImages(ex, images[:8]), ExportConfig(fmt))
             rt = load_runtime(out, threads=THREADS, trusted=True)
             paths[f"mobilecnn {label}"] = rt
             pairs.append((f"mobilecnn {label}", f"plain {label}"))
@@ -221,9 +223,8 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
     if bf16_supported():
         paths["plain openvino bf16"] = plain_openvino(plain, x, "bf16")
     t0 = time.time()
-    auto = auto_export(ours, work / f"{name}_auto", example=x[:1], verify_images=images[:8], calibration=images,
-                       check_images=None, check_labels=None, check_accuracy=False, threads=THREADS, batch=batch,
-                       seconds=auto_seconds)
+    auto = auto_export(ours, work / f"{name}_auto", ExportImages(x[:1], images[:8], images),
+                       AutoConfig(check_accuracy=False, threads=THREADS, batch=batch, seconds=auto_seconds))
     auto_s = time.time() - t0
     if auto["kept"]:
         paths["mobilecnn auto"] = load_runtime(auto["kept"], threads=THREADS, trusted=True)

@@ -43,9 +43,10 @@ import torch
 import torchvision
 from torch import nn
 
-from mobilecnn.bench import _device_fn, time_callable
 from mobilecnn.data import load_data
 from mobilecnn.data.memory import TensorBatches
+from mobilecnn.deploy.bench import _device_fn
+from mobilecnn.deploy.timing import time_callable
 from mobilecnn.device import device_summary, resolve_device, set_deterministic, synchronize
 from mobilecnn.errors import UsageError
 from mobilecnn.runs.files import atomic_write_text
@@ -280,7 +281,7 @@ def plain_folder(folder: Path, device: torch.device, sizes: Sizes) -> dict[str, 
 
 
 def measure_latency(device: torch.device, sizes: Sizes, budget: Callable[[], bool]) -> list[dict[str, Any]]:
-    from mobilecnn.bench import REFERENCE_BACKEND, _reference_model
+    from mobilecnn.deploy.bench import REFERENCE_BACKEND, _reference_model
     from mobilecnn.models import create_model
 
     rows = []

@@ -40,8 +40,10 @@ from torch import nn  # noqa: E402
 import mobilecnn.deploy.export as export_module  # noqa: E402
 from deploy_speed import _nontrivial_bn  # noqa: E402 - this folder's benchmark, beside this script
 from mobilecnn import create_model  # noqa: E402
-from mobilecnn.deploy.auto import bootstrap_ratio, paired_times  # noqa: E402
-from mobilecnn.deploy.runtime import bf16_supported, load_runtime  # noqa: E402
+from mobilecnn.deploy.backends import bf16_supported  # noqa: E402
+from mobilecnn.deploy.export import ExportConfig, ExportImages  # noqa: E402
+from mobilecnn.deploy.formats import load_runtime  # noqa: E402
+from mobilecnn.deploy.timing import bootstrap_ratio, paired_times  # noqa: E402
 from mobilecnn.layers.blocks import ShuffleNetUnit  # noqa: E402
 from mobilecnn.layers.shuffle import ChannelShuffle, shuffle_order, shuffle_traced_as_gather  # noqa: E402
 from mobilecnn.runs.files import atomic_write_text  # noqa: E402
@@ -102,9 +104,9 @@ def export(model: torch.nn.Module, fmt: str, path: Path, precision: str, spellin
     export_module.shuffle_traced_as_gather = contextlib.nullcontext  # the format's own choice is off
     try:
         with shuffle_traced_as_gather() if spelling == "gather" else contextlib.nullcontext():
-            export_module.export_model(model, fmt, path, example=x, verify_images=images[:8], precision=precision,
-                                       calibration=images if precision == "int8" else None, check_accuracy=False,
-                                       int8_fallback=False)
+            export_module.export_model(model, path,
+                                       ExportImages(x, images[:8], images if precision == "int8" else None),
+                                       ExportConfig(fmt, precision, check_accuracy=False, int8_fallback=False))
     finally:
         export_module.shuffle_traced_as_gather = default
 

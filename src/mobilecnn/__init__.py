@@ -2,8 +2,9 @@
 
 The road: image file (:mod:`.data`) -> model (:mod:`.models`, built from :mod:`.layers`) -> training
 (:mod:`.train`) -> run directory and checkpoints (:mod:`.runs`) -> verified device file and predictions
-(:mod:`.deploy`); :mod:`.analysis` counts complexity, :mod:`.bench` times, :mod:`.reproduce` tests the
-papers' claims, :mod:`.cli` is the command line.
+(:mod:`.deploy`); :mod:`.analysis` counts complexity, :mod:`.deploy.bench` times, :mod:`.reproduce` tests the
+papers' claims, :mod:`.cli` is the command line. The ground floor every part may use: :mod:`.errors`,
+:mod:`.validators`, :mod:`.files`, :mod:`.device`, :mod:`.fields` (the floors: tests/test_architecture.py).
 """
 
 from .analysis import ModelProfile, profile

@@ -1,5 +1,5 @@
-"""Devices: which one a command runs on (``--device``), and what that device means for mixed precision,
-determinism, memory pinning and timing.
+"""Devices: which one a command runs on (``--device``), how many CPUs this process may use, and what the
+device means for mixed precision, determinism and timing.
 
 ``--device auto`` picks the accelerator PyTorch reports (:mod:`torch.accelerator`: CUDA, or Apple MPS),
 else the CPU. Under torchrun each process takes the accelerator of its ``LOCAL_RANK`` (one device per
@@ -20,11 +20,19 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["DEVICE_CHOICES", "available_devices", "resolve_device", "amp_dtype", "autocast", "grad_scaler",
-           "is_accelerator", "set_deterministic", "synchronize", "device_summary", "pin_memory_for"]
+__all__ = ["DEVICE_CHOICES", "available_cpus", "available_devices", "resolve_device", "amp_dtype", "grad_scaler",
+           "set_deterministic", "synchronize", "device_summary"]
 
 #: What ``--device`` accepts (``cuda:N`` for any N).
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def available_cpus() -> int:
+    """Logical CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _mps_available() -> bool:
@@ -109,10 +117,6 @@ def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | N
                      f"(available here: {', '.join(available_devices())})")
 
 
-def is_accelerator(device: torch.device) -> bool:
-    return torch.device(device).type != "cpu"
-
-
 def amp_dtype(device: torch.device) -> torch.dtype:
     """The autocast dtype of ``--amp`` on ``device``: bf16 where supported, otherwise fp16."""
     device = torch.device(device)
@@ -123,12 +127,6 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     if device.type == "mps":
         return torch.float16  # bf16 on MPS needs macOS 14+; fp16 works everywhere MPS does
     return torch.bfloat16
-
-
-def autocast(device: torch.device, enabled: bool) -> Any:
-    """The autocast context of ``--amp`` (a disabled one when ``enabled`` is false)."""
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=bool(enabled))
 
 
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
@@ -159,11 +157,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def pin_memory_for(device: torch.device) -> bool:
-    """Whether host batches bound for ``device`` should be pinned (CUDA only)."""
-    return torch.device(device).type == "cuda"
 
 
 def device_summary(device: torch.device) -> dict[str, Any]:

@@ -3,49 +3,74 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import load_data, locate_dataset
+from .data import FASHION_MNIST, load_data, locate_dataset
 from .device import resolve_device
 from .errors import CheckpointError
+from .fields import cli, positive_int
+from .files import atomic_write_text
 from .plots import plot_confusion
-from .runs.files import atomic_write_text
+from .runs.layout import EVAL_DIR
 from .runs.rundir import load_trained
 from .train.loop import evaluate
+from .validators import check_int, check_positive_int
 
-__all__ = ["evaluate_run"]
+__all__ = ["EvalConfig", "run_eval", "evaluate_run"]
 
 
-def evaluate_run(
-    path: str | Path,
-    *,
-    data: str | None = None,
-    data_dir: str | None = None,
-    batch_size: int = 256,
-    subset: int | None = None,
-    out_dir: str | Path | None = None,
-    prefer_ema: bool = True,
-    workers: int = 2,
-    return_logits: bool = False,
-    device: str | None = "auto",
-) -> dict[str, Any]:
+@dataclass
+class EvalConfig:
+    """``mobilecnn eval``: which weights, on which data, written where."""
+
+    path: str | Path = field(metadata=cli("run directory, checkpoint directory or .safetensors weights file",
+                                          positional=True, metavar="RUN_DIR_OR_CHECKPOINT"))
+    data: str | None = field(default=None, metadata=cli("dataset (default: the one it was trained on)"))
+    data_dir: str | None = field(default=None, metadata=cli(
+        "where the dataset lives now: the Fashion-MNIST/CIFAR folder, or a folder run's moved image folder"))
+    batch_size: int = field(default=256, metadata=cli("images per evaluation batch", type=positive_int))
+    subset: int | None = field(default=None, metadata=cli("evaluate on N validation images", type=positive_int))
+    out_dir: str | Path | None = field(default=None, metadata=cli("output directory (default RUN_DIR/eval)",
+                                                                   flag="--out"))
+    prefer_ema: bool = field(default=True, metadata=cli("use the raw weights even when EMA weights exist",
+                                                        flag="--no-ema", action="store_false"))
+    workers: int = field(default=2, metadata=cli("DataLoader workers for image folders"))
+    device: str | None = field(default="auto", metadata=cli("auto, cpu, cuda, cuda:N or mps"))
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.batch_size, "--batch-size")
+        if self.subset is not None:
+            check_positive_int(self.subset, "--subset")
+        check_int(self.workers, "--workers", minimum=0)
+
+
+def evaluate_run(path: str | Path, *, return_logits: bool = False, **options: Any) -> dict[str, Any]:
+    """:func:`run_eval` of ``EvalConfig(path, **options)``."""
+    return run_eval(EvalConfig(path, **options), return_logits=return_logits)
+
+
+def run_eval(config: EvalConfig, return_logits: bool = False) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and confusion matrix on the validation split; writes JSON + PNG.
 
     ``return_logits`` adds the per-image ``logits`` and ``labels`` tensors (and ``files`` for image
-    folders) to the returned dict; they are not written to the JSON. ``device``: auto, cpu, cuda, cuda:N, mps.
+    folders) to the returned dict; they are not written to the JSON. ``config.device``: auto, cpu, cuda,
+    cuda:N, mps.
     """
-    dev = resolve_device(device)
-    loaded = load_trained(path, prefer_ema)
-    if data:
-        dataset = data
+    c = config
+    dev = resolve_device(c.device)
+    loaded = load_trained(c.path, c.prefer_ema)
+    data_dir = c.data_dir
+    if c.data:
+        dataset = c.data
     else:
-        dataset, data_dir = locate_dataset(loaded.data.get("name") or "fashion-mnist", data_dir)
+        dataset, data_dir = locate_dataset(loaded.data.get("name") or FASHION_MNIST, data_dir)
     # a fine-tuned run normalises with the preprocessing it was trained with (its init weights')
-    pre = loaded.data.get("preprocessing") if not data else None
+    pre = loaded.data.get("preprocessing") if not c.data else None
     _, val_loader, info = load_data(dataset, data_dir=data_dir, resolution=loaded.data.get("resolution"),
-                                    batch_size=1, eval_batch_size=batch_size, val_subset=subset, workers=workers,
-                                    preprocessing=pre, device=dev if dev.type != "cpu" else None)
+                                    batch_size=1, eval_batch_size=c.batch_size, val_subset=c.subset,
+                                    workers=c.workers, preprocessing=pre, device=dev if dev.type != "cpu" else None)
     if info.num_classes != loaded.model.num_classes:
         raise CheckpointError(
             f"{loaded.weights_file} was trained for {loaded.model.num_classes} classes but {info.name} has "
@@ -58,7 +83,7 @@ def evaluate_run(
     per_image = {k: result.pop(k) for k in ("logits", "labels") if k in result}
     result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
                    "data": info.name, "class_names": info.class_names, "device": str(dev)})
-    out = Path(out_dir) if out_dir else (loaded.run_dir / "eval" if loaded.run_dir else Path("eval"))
+    out = Path(c.out_dir) if c.out_dir else (loaded.run_dir / EVAL_DIR if loaded.run_dir else Path(EVAL_DIR))
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     plot_confusion(result["confusion"], info.class_names, out / "confusion.png",
                    title=f"{loaded.model_name} on {info.name}: top-1 {result['top1']:.2f}%")

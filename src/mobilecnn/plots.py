@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from adjustText import adjust_text  # noqa: E402
 
-from .runs.files import atomic_write  # noqa: E402
+from .files import atomic_write  # noqa: E402
 
 __all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points"]
 

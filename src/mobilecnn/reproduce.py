@@ -23,30 +23,41 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .analysis.complexity import profile
-from .bench import benchmark
-from .deploy.export import export_run
+from .deploy.bench import BenchSpec, benchmark
+from .deploy.run_export import export_run
 from .errors import DataError
+from .fields import cli, positive_int
+from .files import atomic_write_text
 from .models import create_model, published
+from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
-from .runs.files import atomic_write_text
+from .runs.layout import CONFIG_FILE
 from .runs.rundir import load_trained
 from .train import TrainConfig, default_threads, train
+from .validators import is_number
 
-__all__ = ["ReproducePlan", "QUICK", "FULL", "run_reproduce", "rebuild_report", "TABLE5_LEVELS", "TABLE3_MODELS"]
+__all__ = ["ReproducePlan", "ReproduceConfig", "QUICK", "FULL", "run_reproduce", "rebuild_report", "TABLE5_LEVELS",
+           "TABLE3_MODELS"]
 
-#: Table 5 levels: the MobileNet V1 baseline and the ShuffleNets of matched complexity.
+
+def _mobilenet_level(baseline: str) -> str:
+    """``0.25 MobileNet (41 MFLOPs)``: the width in the model's name, the MFLOPs its paper publishes."""
+    width = baseline.rsplit("_x", 1)[1].replace("_", ".")
+    return f"{width} MobileNet ({published(baseline).macs[224]:g} MFLOPs)"
+
+
+#: Table 5 levels: (label, the MobileNet V1 baseline, the ShuffleNets of matched complexity).
 TABLE5_LEVELS: list[tuple[str, str, list[str]]] = [
-    ("0.25 MobileNet (41 MFLOPs)", "mobilenet_v1_x0_25", ["shufflenet_v1_g4_x0_5", "shufflenet_v1_g3_x0_5_shallow"]),
-    ("0.5 MobileNet (149 MFLOPs)", "mobilenet_v1_x0_5", ["shufflenet_v1_g8_x1_0"]),
-    ("0.75 MobileNet (325 MFLOPs)", "mobilenet_v1_x0_75", ["shufflenet_v1_g3_x1_5"]),
-    ("1.0 MobileNet (569 MFLOPs)", "mobilenet_v1_x1_0", ["shufflenet_v1_g3_x2_0"]),
+    (_mobilenet_level(baseline), baseline, shufflenets) for baseline, shufflenets in (
+        ("mobilenet_v1_x0_25", ["shufflenet_v1_g4_x0_5", "shufflenet_v1_g3_x0_5_shallow"]),
+        ("mobilenet_v1_x0_5", ["shufflenet_v1_g8_x1_0"]),
+        ("mobilenet_v1_x0_75", ["shufflenet_v1_g3_x1_5"]),
+        ("mobilenet_v1_x1_0", ["shufflenet_v1_g3_x2_0"]),
+    )
 ]
-#: Table 3: (model, shuffle) pairs.
-TABLE3_MODELS: list[str] = ["shufflenet_v1_g3_x1_0", "shufflenet_v1_g8_x1_0", "shufflenet_v1_g3_x0_5", "shufflenet_v1_g8_x0_5"]
+#: Table 3: each is trained with and without the shuffle.
+TABLE3_MODELS: list[str] = list(TABLE3_TOP1_ERROR)
 MOBILENET_V2 = ["mobilenet_v2_x0_35", "mobilenet_v2_x0_5", "mobilenet_v2_x0_75", "mobilenet_v2_x1_0", "mobilenet_v2_x1_4"]
-#: Table 3 of the paper: top-1 error (%) with / without shuffle.
-PAPER_TABLE3 = {"shufflenet_v1_g3_x1_0": (32.6, 34.5), "shufflenet_v1_g8_x1_0": (32.4, 37.6),
-                "shufflenet_v1_g3_x0_5": (43.2, 45.7), "shufflenet_v1_g8_x0_5": (42.3, 48.1)}
 
 
 @dataclass
@@ -80,6 +91,38 @@ QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds
                       batch_size=64, lr=0.3, bench_repeats=10, int8_check_images=1000, int8_calibration_images=256)
 #: 17 models x 3 seeds = 51 runs of 156 steps: 84 min on this 2-core machine (2 threads, idle).
 FULL = ReproducePlan("full", levels=3, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
+
+
+@dataclass
+class ReproduceConfig:
+    """``mobilecnn reproduce``: which plan, changed how, written where."""
+
+    quick: bool = field(default=False, metadata=cli("a reduced set that finishes in minutes (default)",
+                                                     exclusive="plan"))
+    full: bool = field(default=False, metadata=cli(
+        "3 levels of Table 5, Table 3, 3 seeds (about 85 min on 2 cores)", exclusive="plan"))
+    seeds: int | None = field(default=None, metadata=cli("override the number of seeds", type=positive_int))
+    auto: bool = field(default=False, metadata=cli(
+        "also `export --format auto` each seed-0 run: the fastest verified file's latency, runtime and precision "
+        "beside fp32's (adds ~5 min per model on 2 busy cores; measured 4.8 min)"))
+    threads: int | None = field(default=None, metadata=cli("training threads (default: the free cores)",
+                                                           type=positive_int))
+    out: str | None = field(default=None, metadata=cli("output directory (default reports/quick or reports/full)"))
+    report_only: bool = field(default=False, metadata=cli(
+        "rewrite report.md and the plots from OUT/results.json without training"))
+    device: str = field(default="auto", metadata=cli(
+        "training device: auto, cpu, cuda, cuda:N or mps (latency is always measured on the CPU)"))
+
+    def plan(self) -> ReproducePlan:
+        """:data:`FULL` or :data:`QUICK` (the default), with this config's seeds, threads, device and auto."""
+        base = FULL if self.full else QUICK
+        return replace(base, seeds=self.seeds or base.seeds, threads=self.threads, device=self.device,
+                       auto=self.auto or base.auto)
+
+    @property
+    def out_dir(self) -> str:
+        """``out``, else ``reports/<plan name>``."""
+        return self.out or f"reports/{(FULL if self.full else QUICK).name}"
 
 
 @dataclass
@@ -146,7 +189,7 @@ def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_d
                 callback: Callable[[str, dict], None] | None) -> dict[str, Any]:
 
     cfg = TrainConfig(model=model, out=str(run_dir), epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
-                      subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / "config.json").exists(),
+                      subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / CONFIG_FILE).exists(),
                       threads=plan.threads, device=plan.device,
                       model_kwargs={} if shuffle else {"shuffle": False})
     t0 = time.perf_counter()
@@ -185,8 +228,8 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         pub = published(name)
         res = ModelResult(key, name, shuffle, prof.macs, prof.params, prof.peak_activation_bytes,
                           paper_mflops=pub.macs.get(224) if pub else None,
-                          paper_top1_error=(PAPER_TABLE3.get(name, (None, None))[0 if shuffle else 1]
-                                            if name in PAPER_TABLE3 else (pub.top1_error if pub else None)))
+                          paper_top1_error=(TABLE3_TOP1_ERROR[name][0 if shuffle else 1]
+                                            if name in TABLE3_TOP1_ERROR else (pub.top1_error if pub else None)))
         for seed in range(plan.seeds):
             notify("model", {"index": index, "total": len(models), "key": key, "seed": seed})
             run = _train_eval(name, shuffle, seed, plan, out / "runs" / f"{key}-seed{seed}",
@@ -232,7 +275,7 @@ def _finished_model(out: Path, key: str, plan: ReproducePlan) -> tuple[ModelResu
         seconds = float(payload["seconds"])
     except (ValueError, KeyError, TypeError):
         return None  # unreadable or from another version: measure again
-    if not all((out / "runs" / f"{key}-seed{seed}" / "config.json").is_file() for seed in range(plan.seeds)):
+    if not all((out / "runs" / f"{key}-seed{seed}" / CONFIG_FILE).is_file() for seed in range(plan.seeds)):
         return None
     return result, seconds
 
@@ -257,7 +300,7 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
         results = {m["key"]: ModelResult(**{k: v for k, v in m.items() if k in names}) for m in payload["models"]}
         elapsed = float(payload["elapsed_s"])
         for r in results.values():
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r.top1) or not r.top1:
+            if not all(is_number(v) for v in r.top1) or not r.top1:
                 raise ValueError(f"model {r.key!r} has no finite top-1 results")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{source} is not a reproduce results file ({exc}); run `mobilecnn reproduce` again") from None
@@ -268,9 +311,9 @@ def _latency(run: Path, plan: ReproducePlan) -> float | None:
     """Batch-1 median latency (ms, 1 thread) of the trained model in onnxruntime fp32."""
 
     loaded = load_trained(run)
-    rows = benchmark([loaded.model], ["onnxruntime"], [1], [1], 32, repeats=plan.bench_repeats, references=False,
-                     min_time_s=0.3)
-    ok = [r.median_ms for r in rows if r.valid and r.median_ms]
+    rows = benchmark([loaded.model], BenchSpec(("onnxruntime",), resolution=32, repeats=plan.bench_repeats,
+                                               references=False, min_time_s=0.3))
+    ok = [r.median_ms for r in rows if r.median_ms]
     return ok[0] if ok else None
 
 
@@ -279,7 +322,7 @@ def _int8(run: Path, plan: ReproducePlan) -> tuple[float | None, float | None, s
     refused export is reported as such."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            result = export_run(run, "onnx", Path(tmp) / "m.onnx", int8=True, check_count=plan.int8_check_images,
+            result = export_run(run, "onnx", Path(tmp) / "m.onnx", precision="int8", check_count=plan.int8_check_images,
                                 calibration_count=plan.int8_calibration_images, max_drop=100.0)
         except (ValueError, ImportError) as exc:
             return None, None, f"int8 export failed: {exc}"
@@ -365,7 +408,7 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
         on, off = results.get(name), results.get(f"{name}+noshuffle")
         if on and off:
             diff = on.mean - off.mean
-            paper = PAPER_TABLE3.get(name)
+            paper = TABLE3_TOP1_ERROR.get(name)
             paper_txt = f" (paper: +{paper[1] - paper[0]:.1f} pt on ImageNet)" if paper else ""
             lines.append(f"- **Table 3, {name}**: with shuffle {_acc(on)}, without {_acc(off)} "
                          f"({diff:+.2f} pt for the shuffle{paper_txt}): **{_verdict(diff, on, off)}** here.")

@@ -112,7 +112,7 @@ def test_profile_layers_and_separable_cost():
 
 def test_profile_accepts_names_and_rejects_bad_resolution():
     assert profile("mobilenet_v2_x0_35", resolution=32, small_input=True).resolution == 32
-    with pytest.raises(ValueError, match="resolution must be a positive integer"):
+    with pytest.raises(ValueError, match="resolution 0 is not accepted: it must be a positive integer <= 2048"):
         profile("mobilenet_v2_x0_35", resolution=0)
     with pytest.raises(ValueError, match="too small"):
         profile("mobilenet_v2_x0_35", resolution=16)

@@ -1,6 +1,17 @@
+import dataclasses
 import json
 
+import pytest
+
+from mobilecnn.analysis import ProfileConfig, TablesConfig
 from mobilecnn.cli import main
+from mobilecnn.cli.app import build_parser
+from mobilecnn.errors import UsageError
+from mobilecnn.evaluate import EvalConfig, evaluate_run
+from mobilecnn.models import ListConfig
+from mobilecnn.reproduce import ReproduceConfig
+from mobilecnn.train import TrainConfig
+from mobilecnn.weights import ImportConfig
 
 
 def test_list(capsys):
@@ -35,9 +46,50 @@ def test_tables_to_file(tmp_path, capsys):
 
 
 def test_reproduce_rejects_bad_counts(capsys):
-    import pytest
-
     for flag in ("--threads", "--seeds"):
         for value in ("0", "two"):
             assert main(["reproduce", "--quick", flag, value]) == 2  # argparse's one-line error, exit 2
             assert "expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "RUN", "--batch-size", "0"],
+    ["eval", "RUN", "--subset", "0"],
+    ["profile", "mobilenet_v1_x0_25", "--resolution", "0"],
+    ["profile", "mobilenet_v1_x0_25", "--in-chans", "0"],
+    ["weights", "import", "w.pth", "--from", "timm", "--out", "w.safetensors", "--resolution", "0"],
+])
+def test_zero_counts_are_refused_in_one_line(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"argument {argv[-2]}: expected a positive integer, got '0'" in err[-1]
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_eval_refuses_a_zero_batch_in_the_library_too(tmp_path):
+    with pytest.raises(UsageError, match="--batch-size 0 is not accepted: it must be a positive integer"):
+        evaluate_run(tmp_path, batch_size=0)  # it used to evaluate with batches of 256
+
+
+def _subparser(parser, path):
+    for name in path:
+        action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = action.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("path,config", [
+    (["train"], TrainConfig), (["eval"], EvalConfig), (["reproduce"], ReproduceConfig), (["profile"], ProfileConfig),
+    (["list"], ListConfig), (["tables"], TablesConfig), (["weights", "import"], ImportConfig),
+])
+def test_every_option_comes_from_the_commands_config(path, config):
+    parser = _subparser(build_parser(), path)
+    options = {a.dest for a in parser._actions if a.dest not in ("help", "json")}
+    fields = {f.name: f for f in dataclasses.fields(config) if "cli" in f.metadata}
+    assert options == set(fields)
+    for action in parser._actions:
+        if action.dest in fields:
+            f = fields[action.dest]
+            default = None if f.default is dataclasses.MISSING else f.default
+            assert action.default == default and action.help.startswith(f.metadata["cli"]["help"])

@@ -64,7 +64,7 @@ def test_candidates_are_limited_to_the_named_formats():
 def test_paired_times_and_bootstrap_ratio():
     import time as _t
 
-    from mobilecnn.deploy.auto import bootstrap_ratio, paired_times
+    from mobilecnn.deploy.timing import bootstrap_ratio, paired_times
 
     t = paired_times({"fast": lambda: None, "slow": lambda: _t.sleep(0.002)}, seconds=0.05, min_rounds=5)
     assert t["rounds"] >= 5 and t["median_ms"]["slow"] > t["median_ms"]["fast"]
@@ -76,7 +76,7 @@ def test_paired_times_and_bootstrap_ratio():
 
 def test_bf16_detection_is_a_bool():
     from mobilecnn.deploy.auto import auto_candidates
-    from mobilecnn.deploy.runtime import bf16_supported
+    from mobilecnn.deploy.backends import bf16_supported
 
     assert isinstance(bf16_supported(), bool)
     pairs = auto_candidates()

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from mobilecnn import create_model
-from mobilecnn.deploy.export import export_model
+from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model
 from mobilecnn.deploy.fold import DeployClassifier, avgpool_to_depthwise, deploy_form, fold_batchnorm
-from mobilecnn.deploy.formats import FORMATS
+from mobilecnn.deploy.formats import FORMATS, load_runtime
+from mobilecnn.device import available_cpus
 from mobilecnn.errors import ExportVerificationError
-from mobilecnn.deploy.runtime import available_cpus, load_runtime
 from mobilecnn.errors import MissingBackendError
 
 FAMILIES = ["shufflenet_v1_g3_x0_5", "mobilenet_v2_x0_35", "mobilenet_v1_x0_25"]
@@ -96,9 +96,9 @@ def test_export_round_trip(tmp_path, name, fmt):
     model = small_model(name)
     verify = images(5)
     path = tmp_path / f"{name}{SUFFIX[fmt]}"
-    report = export_model(model, fmt, path, example=verify[:1], verify_images=verify, rtol=1e-4)
+    report = export_model(model, path, ExportImages(verify[:1], verify), ExportConfig(fmt, rtol=1e-4))
     assert report.path == path and path.is_file()
-    assert report.format == fmt and not report.int8
+    assert report.format == fmt and report.precision != "int8"
     assert report.rel_diff <= 1e-4 and report.top1_agreement == 1.0
     assert report.file_bytes >= path.stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging files left behind"
@@ -123,7 +123,7 @@ def test_onnx_traces_the_shuffle_as_one_gather(tmp_path):
     model = small_model("shufflenet_v1_g3_x0_5")
     verify = images(3)
     path = tmp_path / "s.onnx"
-    export_model(model, "onnx", path, example=verify[:1], verify_images=verify)
+    export_model(model, path, ExportImages(verify[:1], verify), ExportConfig("onnx"))
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Transpose" not in ops and ops.count("Gather") == 16  # one per unit
 
@@ -133,7 +133,7 @@ def test_executorch_dynamic_batch(tmp_path):
     model = small_model("mobilenet_v1_x0_25")
     verify = images(4)
     path = tmp_path / "m.pte"
-    report = export_model(model, "executorch", path, example=verify[:2], verify_images=verify, max_batch=8)
+    report = export_model(model, path, ExportImages(verify[:2], verify), ExportConfig("executorch", max_batch=8))
     assert report.dynamic_batch and report.static_batch is None
     runtime = load_runtime(path)
     for batch in (1, 3, 8, 11):
@@ -145,25 +145,25 @@ def test_executorch_dynamic_batch(tmp_path):
 def test_executorch_static_batch_is_reported(tmp_path):
     pytest.importorskip(PACKAGE["executorch"])
     model = small_model("mobilenet_v1_x0_25")
-    report = export_model(model, "executorch", tmp_path / "m.pte", example=images(2), verify_images=images(3))
+    report = export_model(model, tmp_path / "m.pte", ExportImages(images(2), images(3)), ExportConfig("executorch"))
     assert not report.dynamic_batch and report.static_batch == 2
     assert any("static batch 2" in n for n in report.notes)
 
 
 def test_verification_failure_deletes_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import mobilecnn.deploy.export as export_mod
+    import mobilecnn.deploy.verify as verify_mod
 
-    real = export_mod.load_runtime
+    real = verify_mod.load_runtime
 
     def wrong(path, threads=1, **kw):
         rt = real(path, threads)
         return lambda x: rt(x) + 0.5  # a runtime that returns wrong logits
 
-    monkeypatch.setattr(export_mod, "load_runtime", wrong)
+    monkeypatch.setattr(verify_mod, "load_runtime", wrong)
     path = tmp_path / "m.onnx"
     with pytest.raises(ExportVerificationError, match="disagrees with PyTorch") as info:
-        export_model(small_model("mobilenet_v1_x0_25"), "onnx", path, example=images(1), verify_images=images(4))
+        export_model(small_model("mobilenet_v1_x0_25"), path, ExportImages(images(1), images(4)), ExportConfig("onnx"))
     assert info.value.report.rel_diff > 1e-4
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
@@ -173,64 +173,65 @@ def test_verification_failure_deletes_file(tmp_path, monkeypatch):
 def bf16_runtime(monkeypatch):
     """Make the bf16 OpenVINO file's runtime return ``transform(logits)``: rounding or a real loss."""
     pytest.importorskip("openvino")
-    import mobilecnn.deploy.export as export_mod
-    from mobilecnn.deploy.runtime import bf16_supported
+    import mobilecnn.deploy.verify as verify_mod
+    from mobilecnn.deploy.backends import bf16_supported
 
     if not bf16_supported():
         pytest.skip("this CPU has no bf16 instructions")
-    real = export_mod.load_runtime
+    real = verify_mod.load_runtime
 
     def use(transform):
-        monkeypatch.setattr(export_mod, "load_runtime",
+        monkeypatch.setattr(verify_mod, "load_runtime",
                             lambda p, threads=1, **kw: (lambda x: transform(real(p, threads, **kw)(x))))
     return use
 
 
 def test_bf16_is_judged_by_its_top1_drop_not_by_its_logits(tmp_path, bf16_runtime):
-    from mobilecnn.deploy.export import BF16_RTOL
+    from mobilecnn.deploy.verify import BF16_RTOL
     from mobilecnn.errors import Int8AccuracyError
 
     model = small_model("mobilenet_v1_x0_25")
     check = images(40, seed=5)
     with torch.no_grad():
         labels = model(check).argmax(1)
-    kwargs = dict(example=images(1), verify_images=images(4), precision="bf16", check_images=check,
-                  check_labels=labels)
+    imgs = ExportImages(images(1), images(4), check=check, check_labels=labels)
+    config = ExportConfig("openvino", "bf16")
     bf16_runtime(lambda z: 1.5 * z)  # logits far from PyTorch's, every top-1 the same
-    report = export_model(model, "openvino", tmp_path / "a.xml", **kwargs)
+    report = export_model(model, tmp_path / "a.xml", imgs, config)
     assert report.rel_diff > BF16_RTOL and report.int8_report.drop == 0
     with pytest.raises(ExportVerificationError, match="rtol"):  # no labelled check: the logits must agree
-        export_model(model, "openvino", tmp_path / "b.xml", **{**kwargs, "check_accuracy": False})
+        export_model(model, tmp_path / "b.xml", imgs, ExportConfig("openvino", "bf16", check_accuracy=False))
     bf16_runtime(lambda z: -z)  # top-1 lost
     with pytest.raises(Int8AccuracyError, match="bf16 refused"):
-        export_model(model, "openvino", tmp_path / "c.xml", **kwargs)
+        export_model(model, tmp_path / "c.xml", imgs, config)
     assert not (tmp_path / "b.xml").exists() and not (tmp_path / "c.xml").exists()
 
 
 def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import mobilecnn.deploy.export as export_mod
+    import mobilecnn.deploy.verify as verify_mod
 
     path = tmp_path / "m.onnx"
     model = small_model("mobilenet_v1_x0_25")
-    export_model(model, "onnx", path, example=images(1), verify_images=images(2))
+    export_model(model, path, ExportImages(images(1), images(2)), ExportConfig("onnx"))
     before = path.read_bytes()
-    real = export_mod.load_runtime
-    monkeypatch.setattr(export_mod, "load_runtime", lambda p, threads=1, **kw: (lambda x: real(p, threads)(x) * 2))
+    real = verify_mod.load_runtime
+    monkeypatch.setattr(verify_mod, "load_runtime", lambda p, threads=1, **kw: (lambda x: real(p, threads)(x) * 2))
     with pytest.raises(ExportVerificationError):
-        export_model(small_model("mobilenet_v1_x0_25", seed=3), "onnx", path, example=images(1),
-                     verify_images=images(2))
+        export_model(small_model("mobilenet_v1_x0_25", seed=3), path, ExportImages(images(1), images(2)),
+                     ExportConfig("onnx"))
     assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"fmt": "tflite"}, "accepted: onnx, torchscript, openvino, executorch"),
     ({"fmt": "onnx", "suffix": ".pt"}, "must end in .onnx"),
-    ({"fmt": "onnx", "int8": True}, "needs calibration"),
-    ({"fmt": "torchscript", "int8": True, "calibration": True}, "int8 export is available for onnx, openvino, executorch"),
-    ({"fmt": "onnx", "int8": True, "calibration": True}, "labelled check set"),
-    ({"fmt": "onnx", "calibration": True}, "int8=False"),
-    ({"fmt": "onnx", "max_batch": 4}, "executorch only"),
+    ({"fmt": "onnx", "precision": "int8"}, "needs calibration"),
+    ({"fmt": "torchscript", "precision": "int8", "calibration": True},
+     "int8 export is available for onnx, openvino, executorch"),
+    ({"fmt": "onnx", "precision": "int8", "calibration": True}, "labelled check set"),
+    ({"fmt": "onnx", "calibration": True}, "the precision is not int8"),
+    ({"fmt": "onnx", "max_batch": 4}, "static-batch formats only"),
     ({"fmt": "onnx", "verify_images": torch.randn(2, 3, 32, 32)}, "verify_images has images of shape"),
     ({"fmt": "onnx", "threads": 10_000}, "CPU"),
 ])
@@ -238,18 +239,17 @@ def test_bad_options(tmp_path, kwargs, match):
     kwargs = dict(kwargs)
     fmt = kwargs.pop("fmt")
     suffix = kwargs.pop("suffix", SUFFIX.get(fmt, ".bin"))
-    if kwargs.get("calibration") is True:
-        kwargs["calibration"] = images(64)
-    kwargs.setdefault("verify_images", images(2))
+    calibration = images(64) if kwargs.pop("calibration", None) is True else None
+    imgs = ExportImages(images(1), kwargs.pop("verify_images", images(2)), calibration)
     with pytest.raises(ValueError, match=match):
-        export_model(small_model("mobilenet_v1_x0_25"), fmt, tmp_path / f"m{suffix}", example=images(1), **kwargs)
+        export_model(small_model("mobilenet_v1_x0_25"), tmp_path / f"m{suffix}", imgs, ExportConfig(fmt, **kwargs))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_backend_error_names_extra():
     err = MissingBackendError("x needs y; install the deployment extras: pip install 'mobilecnn[deploy]'")
     assert isinstance(err, ImportError)
-    from mobilecnn.deploy.runtime import require_backend
+    from mobilecnn.deploy.backends import require_backend
 
     with pytest.raises(MissingBackendError, match=r"pip install 'mobilecnn\[deploy\]'"):
         require_backend("mobilecnn_no_such_backend", "testing")
@@ -273,7 +273,7 @@ def test_truncated_export_is_a_value_error(tmp_path, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
     path = tmp_path / f"m{SUFFIX[fmt]}"
-    export_model(small_model("mobilenet_v1_x0_25"), fmt, path, example=images(1), verify_images=images(2))
+    export_model(small_model("mobilenet_v1_x0_25"), path, ExportImages(images(1), images(2)), ExportConfig(fmt))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="m" + SUFFIX[fmt]):

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from mobilecnn.cli import main
-from mobilecnn.deploy.export import export_run
+from mobilecnn.deploy.run_export import export_run
 from mobilecnn.deploy.predict import load_predictor, preprocess_image
 from mobilecnn.evaluate import evaluate_run
 from mobilecnn.train import TrainConfig, train

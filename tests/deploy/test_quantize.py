@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mobilecnn import create_model
-from mobilecnn.deploy.export import export_model
+from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model
 from mobilecnn.errors import Int8AccuracyError
 from mobilecnn.deploy.quantize import Int8Report, evaluate_int8, openvino_int8_risky_convs
 
@@ -111,9 +111,9 @@ def test_int8_keeps_accuracy(tmp_path, trained, fmt, suffix, package, extra):
     pytest.importorskip(package)
     model, calib, x, y = trained
     path = tmp_path / f"m{suffix}"
-    report = export_model(model, fmt, path, example=x[:1], verify_images=x[:16], int8=True, calibration=calib,
-                          check_images=x, check_labels=y, max_drop=0.5, **extra)
-    assert path.is_file() and report.int8
+    report = export_model(model, path, ExportImages(x[:1], x[:16], calib, x, y),
+                          ExportConfig(fmt, "int8", max_drop=0.5, **extra))
+    assert path.is_file() and report.precision == "int8"
     r = report.int8_report
     assert r.images == 1000 and r.drop <= 0.5 and r.agreement >= 95.0  # measured ~97%
     assert any("int8 check" in n for n in report.notes)
@@ -129,8 +129,7 @@ def test_openvino_int8_falls_back_instead_of_refusing(tmp_path, trained):
     model, calib, x, y = trained
     path = tmp_path / "m.xml"
     try:
-        report = export_model(model, "openvino", path, example=x[:1], verify_images=x[:16], int8=True,
-                              calibration=calib, check_images=x, check_labels=y)
+        report = export_model(model, path, ExportImages(x[:1], x[:16], calib, x, y), ExportConfig("openvino", "int8"))
     except Int8AccuracyError as exc:
         assert "attempt(s)" in str(exc) and "float" in str(exc)
         assert list(tmp_path.iterdir()) == []
@@ -155,14 +154,14 @@ def test_int8_sensitivity_ranks_every_layer(trained):
 def test_int8_refused_when_drop_exceeds_max(tmp_path, trained, monkeypatch):
     """A broken int8 runtime (logits rolled by one class) is refused and its file deleted."""
     pytest.importorskip("onnxruntime")
-    import mobilecnn.deploy.export as export_mod
+    import mobilecnn.deploy.verify as verify_mod
 
-    real = export_mod.load_runtime
-    monkeypatch.setattr(export_mod, "load_runtime",
+    real = verify_mod.load_runtime
+    monkeypatch.setattr(verify_mod, "load_runtime",
                         lambda p, threads=1, **kw: (lambda a: np.roll(real(p, threads, **kw)(a), 1, axis=1)))
     model, calib, x, y = trained
     with pytest.raises(Int8AccuracyError, match="exceeds max_drop 0.5") as info:
-        export_model(model, "onnx", tmp_path / "m.onnx", example=x[:1], verify_images=x[:16], int8=True,
-                     calibration=calib[:64], check_images=x[:200], check_labels=y[:200], int8_fallback=False)
+        export_model(model, tmp_path / "m.onnx", ExportImages(x[:1], x[:16], calib[:64], x[:200], y[:200]),
+                     ExportConfig("onnx", "int8", int8_fallback=False))
     assert info.value.report.drop > 50.0
     assert list(tmp_path.iterdir()) == []

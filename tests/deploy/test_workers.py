@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobilecnn.deploy.auto import auto_export, paired_rounds
+from mobilecnn.deploy.auto import AutoConfig, auto_export
+from mobilecnn.deploy.export import ExportImages
+from mobilecnn.deploy.timing import paired_rounds
 from mobilecnn.deploy.workers import ChildCrashed, TimingWorker, call_in_child
 
 
@@ -53,13 +55,13 @@ def test_a_hang_is_killed_after_the_timeout():
 
 def test_timing_worker_times_a_real_file_and_refuses_a_broken_one(tmp_path):
     pytest.importorskip("onnxruntime")
-    from mobilecnn.deploy.export import export_model
+    from mobilecnn.deploy.export import ExportConfig, export_model
     from mobilecnn.models import create_model
 
     model = create_model("shufflenet_v1_g3_x0_5", num_classes=10, in_chans=1).eval()
     x = torch.randn(2, 1, 32, 32)
     path = tmp_path / "m.onnx"
-    export_model(model, "onnx", path, example=x, verify_images=x)
+    export_model(model, path, ExportImages(x, x), ExportConfig("onnx"))
     with TimingWorker(path, threads=1, x=x[:1].numpy()) as worker:
         times = worker.burst(3)
     assert len(times) == 3 and all(t > 0 for t in times)
@@ -120,9 +122,8 @@ def test_auto_survives_a_candidate_that_crashes_its_process(tmp_path, monkeypatc
     import aborting_model
 
     x = torch.randn(2, 1, 8, 8)
-    result = auto_export(aborting_model.AbortsWhenRun(), tmp_path / "out" / "m", example=x, verify_images=x,
-                         calibration=None, check_images=None, check_labels=None, seconds=0.1,
-                         candidates=[("torchscript", "fp32")])
+    result = auto_export(aborting_model.AbortsWhenRun(), tmp_path / "out" / "m", ExportImages(x, x),
+                         AutoConfig(seconds=0.1, candidates=(("torchscript", "fp32"),)))
     (row,) = result["candidates"]
     assert row["status"] == "refused" and "SIGABRT" in row["why"] and "export process" in row["why"]
     assert result["kept"] is None and result["best"] is None

@@ -99,7 +99,7 @@ def test_conv_bn_act_layout_and_errors():
         ConvBNAct(8, 16, groups=3)
     with pytest.raises(ValueError, match="stride must be 1 or 2"):
         ConvBNAct(8, 16, stride=3)
-    with pytest.raises(ValueError, match="in_channels must be a positive integer"):
+    with pytest.raises(ValueError, match="in_channels 0 is not accepted: it must be a positive integer"):
         ConvBNAct(0, 16)
     with pytest.raises(ValueError, match="groups=3 must divide"):
         group_pointwise_conv(8, 12, 3)

@@ -92,16 +92,16 @@ def test_mobilenet_v1_width():
 @pytest.mark.parametrize(
     "build,match",
     [
-        (lambda: create_model("mobilenet_v2_x1_0", num_classes=0), "num_classes must be an integer >= 1"),
-        (lambda: create_model("mobilenet_v1_x1_0", in_chans=0), "in_chans must be an integer >= 1"),
+        (lambda: create_model("mobilenet_v2_x1_0", num_classes=0), "num_classes 0 is not accepted: it must be a positive integer <= 100000"),
+        (lambda: create_model("mobilenet_v1_x1_0", in_chans=0), "in_chans 0 is not accepted: it must be a positive integer <= 4096"),
         (lambda: create_model("shufflenet_v1_g3_x1_0", num_classes=2.5), "num_classes"),
-        (lambda: MobileNetV2(width_mult=0), "width_mult must be a number > 0"),
-        (lambda: MobileNetV1(alpha=-1), "alpha must be a number > 0"),
-        (lambda: shufflenet_v1_channels(3, 0), "scale must be a number > 0"),
+        (lambda: MobileNetV2(width_mult=0), "width_mult 0 is not accepted: it must be a number > 0"),
+        (lambda: MobileNetV1(alpha=-1), "alpha -1 is not accepted: it must be a number > 0"),
+        (lambda: shufflenet_v1_channels(3, 0), "scale 0 is not accepted: it must be a number > 0"),
         (lambda: shufflenet_v1_channels(5, 1.0), r"groups must be one of \[1, 2, 3, 4, 8\]"),
         (lambda: ShuffleNetV1((24, 240, 480, 960), groups=8), "groups=8 does not divide stage 2"),
-        (lambda: create_model("mobilenet_v2_x1_0", dropout=1.5), "dropout must be in"),
-        (lambda: create_model("shufflenet_v1_g3_x1_0", small_input="yes"), "small_input must be True or False"),
+        (lambda: create_model("mobilenet_v2_x1_0", dropout=1.5), r"dropout 1.5 is not accepted: it must be a number in \[0, 1\)"),
+        (lambda: create_model("shufflenet_v1_g3_x1_0", small_input="yes"), "small_input 'yes' is not accepted: it must be True or False"),
     ],
 )
 def test_impossible_arguments_raise_value_error(build, match):

@@ -1,6 +1,5 @@
 """Class 1: a refused ``train`` writes nothing, and the lock never writes through a link."""
 
-import os
 from pathlib import Path
 
 import pytest

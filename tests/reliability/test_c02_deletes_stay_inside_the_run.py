@@ -9,7 +9,8 @@ from mobilecnn.runs.checkpoints import latest_checkpoint, save_training_checkpoi
 def _save(run, step):
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return save_training_checkpoint(run, model=model, optimizer=opt, epoch=0, step=step, step_in_epoch=step, keep=1)
+    progress = {"epoch": 0, "step": step, "step_in_epoch": step}
+    return save_training_checkpoint(run, model=model, optimizer=opt, progress=progress, keep=1)
 
 
 def test_pruning_removes_a_linked_checkpoint_link_not_the_archive(tmp_path):

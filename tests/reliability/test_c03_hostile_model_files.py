@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mobilecnn.deploy.runtime import load_runtime
+from mobilecnn.deploy.formats import load_runtime
 
 pytest.importorskip("executorch")
 

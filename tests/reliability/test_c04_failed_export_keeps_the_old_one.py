@@ -2,8 +2,8 @@
 
 import pytest
 
-from mobilecnn.deploy.export import export_run
-from mobilecnn.deploy.runtime import load_runtime
+from mobilecnn.deploy.formats import load_runtime
+from mobilecnn.deploy.run_export import export_run
 
 pytest.importorskip("onnxruntime")
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from mobilecnn.cli import main
-from mobilecnn.deploy.export import export_run
+from mobilecnn.deploy.run_export import export_run
 from mobilecnn.evaluate import evaluate_run
 
 
@@ -20,8 +20,8 @@ def test_eval_and_export_of_a_twelve_image_run(tmp_path, folder_run):
 
 
 def test_int8_export_of_a_tiny_run_calibrates_on_what_there_is(tmp_path, folder_run):
-    result = export_run(folder_run, "onnx", tmp_path / "q.onnx", int8=True, calibration_count=32, max_drop=100)
-    assert result["int8"]
+    result = export_run(folder_run, "onnx", tmp_path / "q.onnx", precision="int8", calibration_count=32, max_drop=100)
+    assert result["precision"] == "int8"
 
 
 def test_moved_dataset_is_found_with_data_dir(tmp_path, folder_data, capsys, train_run):

@@ -10,7 +10,8 @@ from mobilecnn.cli import main
 from mobilecnn.data.images import Preprocessing
 from mobilecnn.errors import DataError, NonFiniteError
 from mobilecnn.evaluate import evaluate_run
-from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights, read_metadata, save_weights
+from mobilecnn.models.weights_file import load_weights, read_metadata, save_weights
+from mobilecnn.runs.checkpoints import latest_checkpoint
 
 
 def _poison(run):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mobilecnn.cli import main
-from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights, read_metadata, save_weights
+from mobilecnn.models.weights_file import load_weights, read_metadata, save_weights
+from mobilecnn.runs.checkpoints import latest_checkpoint
 
 TRAIN = ["train", "--model", "mobilenet_v1_x0_25", "--subset", "64", "--max-steps", "1"]
 
@@ -46,7 +47,7 @@ def test_weight_tensor_of_the_wrong_shape(tmp_path, folder_run, capsys):
 @pytest.mark.parametrize("field,value", [("mean", [0.1, 0.2]), ("std", "wide"), ("resolution", "big"), ("in_chans", 7)])
 def test_sidecar_fields_of_the_wrong_kind(tmp_path, folder_run, folder_data, field, value, capsys):
     pytest.importorskip("onnxruntime")
-    from mobilecnn.deploy.export import export_run
+    from mobilecnn.deploy.run_export import export_run
 
     out = tmp_path / "m.onnx"
     export_run(folder_run, "onnx", out)

@@ -7,7 +7,8 @@ from PIL import Image
 
 from mobilecnn.cli import main
 from mobilecnn.cli.console import safe
-from mobilecnn.runs.checkpoints import latest_checkpoint, read_metadata, load_weights, save_weights
+from mobilecnn.models.weights_file import load_weights, read_metadata, save_weights
+from mobilecnn.runs.checkpoints import latest_checkpoint
 
 
 def test_safe_makes_control_characters_visible():

@@ -4,7 +4,7 @@ import os
 import stat
 
 from mobilecnn.cli import main
-from mobilecnn.runs.files import atomic_write_text
+from mobilecnn.files import atomic_write_text
 
 
 def _mode(p):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mobilecnn.cli.app import _interrupt_on_sigterm
-from mobilecnn.deploy.export import export_run
+from mobilecnn.deploy.run_export import export_run
 
 pytest.importorskip("onnxruntime")
 

@@ -18,7 +18,7 @@ def test_one_class_folder_is_refused(tmp_path, make_folder):
 @pytest.mark.parametrize("labels", [["only"], [f"c{i}" for i in range(1000)]])
 def test_sidecar_with_the_wrong_number_of_labels(tmp_path, folder_run, folder_data, labels, capsys):
     pytest.importorskip("onnxruntime")
-    from mobilecnn.deploy.export import export_run
+    from mobilecnn.deploy.run_export import export_run
 
     out = tmp_path / "m.onnx"
     export_run(folder_run, "onnx", out)

@@ -1,14 +1,13 @@
 """Class 17: every error names the file or option at fault and what to do."""
 
-import json
 import os
 import shutil
 
 import pytest
 
-from mobilecnn.bench import run_bench
 from mobilecnn.cli import main
 from mobilecnn.data import load_data, scan_image_folder
+from mobilecnn.deploy.bench import BenchConfig, run_bench
 from mobilecnn.errors import DataError, TrainError, UsageError
 from mobilecnn.evaluate import evaluate_run
 from mobilecnn.train import TrainConfig, train
@@ -69,4 +68,4 @@ def test_bench_out_is_checked_before_timing(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
     with pytest.raises(UsageError, match="is a file"):
-        run_bench(["mobilenet_v1_x0_25"], backends=["eager"], threads=[1], batches=[1], out_dir=target)
+        run_bench(BenchConfig(("mobilenet_v1_x0_25",), backend=("eager",), threads=(1,), batch=(1,), out=str(target)))

@@ -29,7 +29,8 @@ import torch
 
 from mobilecnn import create_model, list_models, profile
 from mobilecnn.errors import CheckpointError
-from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights
+from mobilecnn.models.weights_file import load_weights
+from mobilecnn.runs.checkpoints import latest_checkpoint
 from mobilecnn.cli import main
 from mobilecnn.evaluate import evaluate_run
 from mobilecnn.runs.rundir import load_trained
@@ -287,7 +288,7 @@ def test_no_unsafe_deserialisation_in_the_source():
         elif "Unpickler" in code:
             assert path == "data/cifar.py" and "_NumpyOnlyUnpickler" in code, (path, no, code)
         elif "jit.load(" in code:
-            assert path == "deploy/runtime.py", (path, no, code)  # exported .pt files only; see the predict test above
+            assert path == "deploy/runtimes.py", (path, no, code)  # exported .pt files only; see the predict test above
         else:
             pytest.fail(f"unsafe deserialisation at {path}:{no}: {code}")
     assert any("jit.load(" in c for _, _, c in uses)  # the scan does see the one we know of
@@ -559,13 +560,13 @@ def test_fuzz_export_cli(run_dir, tmp_path, capsys, fmt, int8, max_drop, suffix,
 
 @needs_fashion
 def test_export_without_the_backend_installed_is_a_clean_error(run_dir, tmp_path, capsys, monkeypatch):
-    import mobilecnn.deploy.export as export_module
+    import mobilecnn.deploy.writers as writers_module
     from mobilecnn.errors import MissingBackendError
 
     def missing(module: str, purpose: str):
         raise MissingBackendError(f"{purpose} needs the Python package {module!r}; pip install 'mobilecnn[deploy]'")
 
-    monkeypatch.setattr(export_module, "require_backend", missing)
+    monkeypatch.setattr(writers_module, "require_backend", missing)
     code, _, err = cli(capsys, "export", run_dir, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert_clean_error(code, err)
     assert "pip install" in err and not (tmp_path / "m.onnx").exists()

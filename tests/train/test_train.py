@@ -18,7 +18,8 @@ from torch import nn
 
 from mobilecnn import create_model
 from mobilecnn.errors import CheckpointError
-from mobilecnn.runs.checkpoints import latest_checkpoint, load_weights, save_weights
+from mobilecnn.models.weights_file import load_weights, save_weights
+from mobilecnn.runs.checkpoints import latest_checkpoint
 from mobilecnn.cli import main
 from mobilecnn.evaluate import evaluate_run
 from mobilecnn.runs.rundir import load_trained
@@ -255,7 +256,7 @@ def test_output_directory_holding_another_run(tmp_path, capsys):
 
 
 def test_checkpoint_from_another_model_or_class_count(tmp_path):
-    from mobilecnn.runs.checkpoints import model_metadata
+    from mobilecnn.models.weights_file import model_metadata
 
     src = create_model("mobilenet_v1_x0_25", num_classes=10)
     path = tmp_path / "w.safetensors"

@@ -87,7 +87,7 @@ def ours_input(weights_path, x_uint8: torch.Tensor) -> torch.Tensor:
     import json
 
     from mobilecnn.data.images import Preprocessing
-    from mobilecnn.runs.checkpoints import read_metadata
+    from mobilecnn.models.weights_file import read_metadata
 
     pre = Preprocessing.from_dict(json.loads(read_metadata(weights_path)["data"])["preprocessing"])
     return pre.normalize(x_uint8)

@@ -102,7 +102,7 @@ def _pads(side):
 def test_tf_same_model_exports_to_onnx(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from mobilecnn.deploy.export import export_model
+    from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v1_x0_25", num_classes=10, act="relu6", padding="tf_same", bn_eps=1e-3).eval()
@@ -111,5 +111,5 @@ def test_tf_same_model_exports_to_onnx(tmp_path):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_var.uniform_(0.5, 2.0)
     verify = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
-    report = export_model(model, "onnx", tmp_path / "m.onnx", example=verify[:1], verify_images=verify, rtol=1e-4)
+    report = export_model(model, tmp_path / "m.onnx", ExportImages(verify[:1], verify), ExportConfig("onnx", rtol=1e-4))
     assert report.rel_diff <= 1e-4 and report.top1_agreement == 1.0

@@ -22,13 +22,16 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..data.images import MAX_RESOLUTION  # the profiler keeps every activation of a forward alive: GiBs at 2048 px
+from ..fields import cli, positive_int
 from ..layers import DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit
 from ..models import create_model
+from ..validators import check_positive_int
 
-__all__ = ["LayerStats", "ModelProfile", "profile", "count_macs", "peak_activation_bytes", "conv_kind"]
+__all__ = ["LayerStats", "ModelProfile", "ProfileConfig", "profile", "profile_config", "count_macs",
+           "peak_activation_bytes", "conv_kind"]
 
 _SEPARABLE_BLOCKS = (DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit)
-MAX_RESOLUTION = 2048  # the profiler keeps every activation of a forward alive: 2048 px is already GiBs
 
 
 @dataclass
@@ -80,8 +83,7 @@ def _param_count(module: nn.Module, recurse: bool = True) -> int:
 
 
 def _example_input(model: nn.Module, resolution: int) -> torch.Tensor:
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
-        raise ValueError(f"resolution must be a positive integer <= {MAX_RESOLUTION} (pixels), got {resolution!r}")
+    check_positive_int(resolution, "resolution", maximum=MAX_RESOLUTION)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     return torch.zeros(1, getattr(model, "in_chans", 3), resolution, resolution, dtype=dtype)
@@ -221,3 +223,25 @@ def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = F
         peak_activation_bytes=peak_activation_bytes(model, resolution),
         layers=layers,
     )
+
+
+@dataclass
+class ProfileConfig:
+    """``mobilecnn profile``: which model, built how, profiled at which input side."""
+
+    name: str = field(metadata=cli("registered model name (see `mobilecnn list`)", positional=True, metavar="NAME"))
+    resolution: int | None = field(default=None, metadata=cli(
+        "input side in pixels (default: 224, or 32 with --small-input)", type=positive_int))
+    small_input: bool = field(default=False, metadata=cli(
+        "the stem for 28-64 px images (stride-1 stem, total stride 8)"))
+    in_chans: int = field(default=3, metadata=cli("input channels", type=positive_int))
+
+    @property
+    def input_resolution(self) -> int:
+        """The side profiled: ``resolution``, else the stem's usual one (32 small-input, 224 otherwise)."""
+        return self.resolution if self.resolution is not None else (32 if self.small_input else 224)
+
+
+def profile_config(config: ProfileConfig) -> ModelProfile:
+    """:func:`profile` of the model ``config`` describes, at its :attr:`~ProfileConfig.input_resolution`."""
+    return profile(config.name, config.input_resolution, small_input=config.small_input, in_chans=config.in_chans)

@@ -6,13 +6,15 @@ each model); every "ours" number is counted by :mod:`mobilecnn.analysis.complexi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..fields import cli
+from ..files import atomic_write_text
 from ..models import create_model, published
 from .complexity import count_macs
 
-__all__ = ["TableRow", "paper_tables", "tables_markdown"]
+__all__ = ["TableRow", "TablesConfig", "paper_tables", "tables_markdown", "write_tables"]
 
 
 @dataclass
@@ -132,3 +134,18 @@ def tables_markdown() -> str:
                 line += f" {_fmt(r.params_m, 2)} | {'-' if r.published_params_m is None else f'{r.published_params_m:g}'} |"
             out.append(line)
     return "\n".join(out) + "\n"
+
+
+@dataclass
+class TablesConfig:
+    """``mobilecnn tables``: where the Markdown goes."""
+
+    out: str | None = field(default=None, metadata=cli("write the Markdown to this file instead of stdout"))
+
+
+def write_tables(config: TablesConfig) -> str:
+    """:func:`tables_markdown`, written atomically to ``config.out`` when it names a file; returns the text."""
+    text = tables_markdown()
+    if config.out:
+        atomic_write_text(config.out, text)
+    return text

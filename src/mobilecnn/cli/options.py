@@ -1,61 +1,26 @@
 """Command-line options generated from config dataclasses, so defaults, choices and help live in one place.
 
-A dataclass field becomes ``--field-name`` when its metadata holds ``"cli"`` (see
-:func:`mobilecnn.train.config.cli`): the type comes from the annotation (``bool`` fields become
-``--x/--no-x``), the default from the field, ``choices``/``required``/``help`` from the metadata.
+A dataclass field becomes ``--field-name`` when its metadata holds ``"cli"`` (see :func:`mobilecnn.fields.cli`):
+the type comes from the annotation (``bool`` fields become ``--x``, or ``--x/--no-x`` when they default to
+true or are ``negatable``), the default from the field, ``choices``/``required``/``help``/``type`` from the
+metadata; ``positional``, ``flag`` and ``exclusive`` place it as an argument, under another option name or
+in a mutually exclusive group. Integer fields are parsed as integers; a field whose zero is meaningless
+names :func:`~mobilecnn.fields.positive_int` as its ``type``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import types
 import typing
 from typing import Any, Callable
 
-__all__ = ["add_config_arguments", "config_from_args", "positive_int", "int_list", "number"]
+from ..fields import int_list, integer, number, positive_int
 
+__all__ = ["add_config_arguments", "config_from_args", "add_json_option", "positive_int", "int_list", "number"]
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def number(text: str) -> float:
-    """A finite float (``nan``/``inf`` are refused at the parser)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-_PARSERS: dict[type, Callable[[str], Any]] = {int: _integer, float: number, str: str}
+_PARSERS: dict[type, Callable[[str], Any]] = {int: integer, float: number, str: str}
 
 
 def _base_type(annotation: Any) -> type:
@@ -67,27 +32,53 @@ def _base_type(annotation: Any) -> type:
     return annotation
 
 
+def _add_field(target: Any, f: dataclasses.Field, kind: type, meta: dict[str, Any]) -> None:
+    default = None if f.default is dataclasses.MISSING else f.default
+    if meta.pop("positional", False):
+        if kind is not str:
+            meta.setdefault("type", _PARSERS.get(kind, str))
+        if f.default is not dataclasses.MISSING:
+            meta["default"] = default
+        target.add_argument(f.name, **meta)
+        return
+    flag = meta.pop("flag", None)
+    if flag is None:
+        flag = "--" + f.name.replace("_", "-")
+    elif kind is not bool and "action" not in meta and "choices" not in meta:  # --out OUT, not --out OUT_DIR
+        meta.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
+    if "action" in meta:  # e.g. --no-ema storing False into prefer_ema
+        target.add_argument(flag, dest=f.name, default=default, **meta)
+    elif kind is bool:
+        if default is False and not meta.pop("negatable", False):
+            target.add_argument(flag, dest=f.name, action="store_true", default=False, **meta)
+        else:
+            target.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, **meta)
+    else:
+        if "choices" not in meta and not meta.get("required") and default is not None:
+            meta["help"] = f"{meta['help']} (default: {default})"
+        meta.setdefault("type", _PARSERS.get(kind, str))  # a field may bring its own parser (--resume [auto])
+        target.add_argument(flag, dest=f.name, default=default, **meta)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one option per CLI field of dataclass ``cls``."""
+    """Add one argument or option per CLI field of dataclass ``cls``, in field order."""
     hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("cli")
         if meta is None or f.name in skip:
             continue
         meta = dict(meta)
-        flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is dataclasses.MISSING else f.default
-        kind = _base_type(hints[f.name])
-        if kind is bool:
-            if default is False and not meta.pop("negatable", False):
-                parser.add_argument(flag, action="store_true", default=False, **meta)
-            else:
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **meta)
-            continue
-        if "choices" not in meta and not meta.get("required"):
-            meta["help"] = f"{meta['help']} (default: {default})" if default is not None else meta["help"]
-        meta.setdefault("type", _PARSERS.get(kind, str))  # a field may bring its own parser (--resume [auto])
-        parser.add_argument(flag, default=default, **meta)
+        group = meta.pop("exclusive", None)
+        if group is not None and group not in groups:
+            groups[group] = parser.add_mutually_exclusive_group()
+        target = parser if group is None else groups[group]
+        _add_field(target, f, _base_type(hints[f.name]), meta)
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = "the result") -> None:
+    """``--json``: print ``what`` as JSON instead of text (a presentation choice of the command line)."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

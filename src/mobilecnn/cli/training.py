@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
-
-from ..evaluate import evaluate_run
-from ..reproduce import FULL, QUICK, rebuild_report, run_reproduce
-from ..train import TrainConfig, train
 from rich.text import Text
 
+from ..evaluate import EvalConfig, run_eval
+from ..reproduce import ReproduceConfig, rebuild_report, run_reproduce
+from ..train import TrainConfig, train
 from .console import err, out, safe
-from .options import add_config_arguments, config_from_args, positive_int
+from .options import add_config_arguments, add_json_option, config_from_args
 
 __all__ = ["add_parsers"]
 
@@ -82,9 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.run, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size,
-                          subset=args.subset, out_dir=args.out, prefer_ema=not args.no_ema, workers=args.workers,
-                          device=args.device)
+    result = run_eval(config_from_args(EvalConfig, args))
     if args.json:
         out(json.dumps({k: v for k, v in result.items()}, indent=2))
         return 0
@@ -99,14 +95,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    plan = FULL if args.full else QUICK
-    if args.report_only:
-        summary = rebuild_report(args.out or f"reports/{plan.name}")
+    cfg = config_from_args(ReproduceConfig, args)
+    if cfg.report_only:
+        summary = rebuild_report(cfg.out_dir)
         out(f"report: {summary['report']}")
         return 0
-    plan = dataclasses.replace(plan, seeds=args.seeds or plan.seeds, threads=args.threads, device=args.device,
-                               auto=args.auto or plan.auto)
-    out_dir = args.out or f"reports/{plan.name}"
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err)
     tasks: dict[str, int] = {}
@@ -128,7 +121,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             progress.update(tasks["models"], completed=info["index"] + 1, stats=f"{info['key']}: {info['top1']:.2f}%{reused}")
 
     with progress:
-        summary = run_reproduce(plan, out_dir, progress=on_event)
+        summary = run_reproduce(cfg.plan(), cfg.out_dir, progress=on_event)
     out(Path(summary["report"]).read_text(), end="")
     out(f"\nreport: {summary['report']}")
     for name, path in summary["plots"].items():
@@ -142,31 +135,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5/per-class accuracy and confusion matrix of a trained run")
-    p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--subset", type=int, default=None, help="evaluate on N validation images")
-    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/eval)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_config_arguments(p, EvalConfig)
+    add_json_option(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("reproduce", help="test the papers' claims (Tables 3 and 5) on Fashion-MNIST; writes a report")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="a reduced set that finishes in minutes (default)")
-    mode.add_argument("--full", action="store_true", help="3 levels of Table 5, Table 3, 3 seeds (about 85 min on 2 cores)")
-    p.add_argument("--seeds", type=positive_int, default=None, help="override the number of seeds")
-    p.add_argument("--auto", action="store_true",
-                   help="also `export --format auto` each seed-0 run: the fastest verified file's latency, runtime and "
-                        "precision beside fp32's (adds ~5 min per model on 2 busy cores; measured 4.8 min)")
-    p.add_argument("--threads", type=positive_int, default=None, help="training threads (default: the free cores)")
-    p.add_argument("--out", default=None, help="output directory (default reports/quick or reports/full)")
-    p.add_argument("--report-only", action="store_true",
-                   help="rewrite report.md and the plots from OUT/results.json without training")
-    p.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, cuda:N or mps (default: auto; "
-                   "latency is always measured on the CPU)")
+    add_config_arguments(p, ReproduceConfig)
     p.set_defaults(func=_cmd_reproduce)
 

@@ -7,18 +7,50 @@ Every batch is a pure function of ``(seed, epoch, batch index, rank, world_size)
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import DataError
+from .images import Preprocessing
+from .names import dataset_argument
 
-__all__ = ["DataInfo", "Batches", "FOLDER_PREFIX", "seed_of", "generator", "check_batch_args", "check_start_step",
-           "train_plan", "eval_shard", "dataset_argument", "locate_dataset", "plan_epoch_size", "subset_indices", "check_global_batch"]
+__all__ = ["DataInfo", "Batches", "Dealing", "LoadOptions", "seed_of", "generator", "check_batch_args",
+           "check_start_step", "train_plan", "eval_shard", "plan_epoch_size", "subset_indices", "check_global_batch"]
 
-#: ``DataInfo.name`` of an image-folder dataset is this prefix + the folder's absolute path.
-FOLDER_PREFIX = "folder:"
+
+@dataclass(frozen=True)
+class Dealing:
+    """How a loader deals its batches to this process: the seed of every random draw, this process's
+    ``rank`` among ``world_size``, the memory format and the device the batches are for."""
+
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    channels_last: bool = False
+    device: str | torch.device | None = None
+
+    def dealing(self) -> dict[str, Any]:
+        """The :class:`Dealing` fields of this (possibly larger) options object, as keywords."""
+        return {f.name: getattr(self, f.name) for f in fields(Dealing)}
+
+
+@dataclass(frozen=True)
+class LoadOptions(Dealing):
+    """Every option of :func:`mobilecnn.data.load_data` but the dataset (its docstring says what each does)."""
+
+    data_dir: str | None = None
+    resolution: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    subset: int | None = None
+    val_subset: int | None = None
+    workers: int = 2
+    on_corrupt: str = "skip"
+    grayscale: bool = False
+    crop_padding: int = 4
+    preprocessing: Preprocessing | dict | None = None
 
 
 @dataclass
@@ -67,38 +99,6 @@ class Batches(Protocol):
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield float32 ``N,C,R,R`` normalised images and int64 labels from batch ``start_step`` on."""
         ...
-
-
-@runtime_checkable
-class Batches(Protocol):
-    """A deterministic, resumable source of ``(images, labels)`` batches for one process."""
-
-    batch_size: int
-
-    def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        ...
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield float32 ``N,C,R,R`` normalised images and int64 labels from batch ``start_step`` on."""
-        ...
-
-
-def locate_dataset(name: str, data_dir: str | None) -> tuple[str, str | None]:
-    """``(data, data_dir)`` for ``load_data`` to reload the dataset a run was trained on.
-
-    For an image folder that has moved since training, ``data_dir`` names its new place.
-    """
-    data = dataset_argument(name)
-    if str(name).startswith(FOLDER_PREFIX) and data_dir:
-        return str(data_dir), None
-    return data, data_dir
-
-
-def dataset_argument(name: str) -> str:
-    """A ``DataInfo.name`` (``"fashion-mnist"``, ``"folder:/abs/path"``) as a ``load_data`` argument."""
-    name = str(name)
-    return name[len(FOLDER_PREFIX):] if name.startswith(FOLDER_PREFIX) else name
 
 
 def seed_of(*parts: Any) -> int:

@@ -7,6 +7,7 @@ import functools
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -15,11 +16,12 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
-from .batches import (FOLDER_PREFIX, Batches, DataInfo, check_batch_args, check_global_batch, check_start_step,
+from .batches import (Batches, DataInfo, Dealing, LoadOptions, check_batch_args, check_global_batch, check_start_step,
                       plan_epoch_size, seed_of, subset_indices, train_plan)
 from .images import IMAGE_EXTENSIONS, RASTER_FORMATS, Preprocessing, is_image_name, load_image, open_image, train_geometry
+from .names import FOLDER_PREFIX
 
-__all__ = ["FolderBatches", "scan_image_folder", "load_folder"]
+__all__ = ["FolderBatches", "FolderOptions", "scan_image_folder", "load_folder"]
 
 _FOLDER_STATS_SAMPLES = 256
 
@@ -162,6 +164,20 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, s
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), [entry for b in bad for entry in b]
 
 
+@dataclass(frozen=True)
+class FolderOptions(Dealing):
+    """:class:`FolderBatches` options: how batches are dealt (:class:`~mobilecnn.data.batches.Dealing`),
+    the decoding workers, what to do with corrupt files, grayscale, the up-front file check, files already
+    skipped, and a preprocessing to normalise with instead of ``mean``/``std``."""
+
+    workers: int = 2
+    on_corrupt: str = "skip"
+    grayscale: bool = False
+    verify: bool = True
+    skipped: Sequence[str] = ()
+    preprocessing: Preprocessing | None = None
+
+
 class FolderBatches:
     """Batches decoded from image files in ``DataLoader`` workers.
 
@@ -179,13 +195,15 @@ class FolderBatches:
     warns; ``on_corrupt="error"`` raises :class:`DataError` naming the first one. A file that passes the
     check but fails to decode later is, in skip mode, replaced by the next sample of the dataset (and
     appended to ``skipped`` with a warning); in error mode it raises :class:`DataError`.
+
+    ``options``: the fields of :class:`FolderOptions`.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], batch_size: int, *, train: bool, resolution: int,
-                 mean: Sequence[float], std: Sequence[float], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 workers: int = 2, on_corrupt: str = "skip", grayscale: bool = False,
-                 channels_last: bool = False, verify: bool = True, skipped: Sequence[str] = (),
-                 preprocessing: Preprocessing | None = None, device: str | torch.device | None = None) -> None:
+                 mean: Sequence[float], std: Sequence[float], **options: Any) -> None:
+        o = FolderOptions(**options)
+        seed, rank, world_size, on_corrupt, verify, preprocessing = (o.seed, o.rank, o.world_size, o.on_corrupt,
+                                                                      o.verify, o.preprocessing)
         check_batch_args(batch_size, rank, world_size)
         if on_corrupt not in ("skip", "error"):
             raise DataError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
@@ -194,9 +212,9 @@ class FolderBatches:
         self.batch_size = int(batch_size)
         self.train, self.resolution = bool(train), int(resolution)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.workers, self.on_corrupt = max(0, int(workers)), on_corrupt
-        self.grayscale, self.channels_last = bool(grayscale), bool(channels_last)
-        self.skipped: list[str] = list(skipped)
+        self.workers, self.on_corrupt = max(0, int(o.workers)), on_corrupt
+        self.grayscale, self.channels_last = bool(o.grayscale), bool(o.channels_last)
+        self.skipped: list[str] = list(o.skipped)
         samples = [(str(p), int(c)) for p, c in samples]
         if verify:
             bad = _verify_files(samples)
@@ -221,7 +239,7 @@ class FolderBatches:
         plan_epoch_size(self, len(samples))
         self._warned: set[str] = set()
         # an accelerator: pinned batches, non-blocking copies, workers kept alive between epochs
-        self.device = torch.device(device) if device is not None else None
+        self.device = torch.device(o.device) if o.device is not None else None
         self._accelerated = self.device is not None and self.device.type != "cpu"
         self._sampler: _PlanSampler | None = None
         self._loader: torch.utils.data.DataLoader | None = None
@@ -343,11 +361,8 @@ def _folder_stats(paths: tuple[str, ...], grayscale: bool) -> tuple[tuple[float,
     return tuple(float(m) for m in mean), tuple(float(v) for v in std), tuple(failed)
 
 
-def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size: int, seed: int,
-                 subset: int | None, val_subset: int | None, rank: int, world_size: int, workers: int,
-                 on_corrupt: str, channels_last: bool, grayscale: bool,
-                 preprocessing: Preprocessing | None = None, device: str | torch.device | None = None
-                 ) -> tuple[Batches, Batches, DataInfo]:
+def _checked_splits(root: Path, on_corrupt: str) -> tuple[list[str], dict[str, tuple[list, list[str]]]]:
+    """Class names and, per split, ``(readable samples, skipped paths)``; refuses mismatched class folders."""
     tr_samples, classes = scan_image_folder(root / "train")
     te_samples, te_classes = scan_image_folder(root / "val")
     if classes != te_classes:
@@ -366,18 +381,25 @@ def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size
         if bad and on_corrupt == "error":
             raise _corrupt_error(*bad[0])
         if bad:
-            _warn_skipped(bad, str(root / split), stacklevel=4)
+            _warn_skipped(bad, str(root / split), stacklevel=5)
             drop = {p for p, _ in bad}
             samples = [s for s in samples if s[0] not in drop]
         splits[split] = (samples, [p for p, _ in bad])
+    return classes, splits
+
+
+def load_folder(root: Path, options: LoadOptions) -> tuple[Batches, Batches, DataInfo]:
+    """``load_data`` for an image folder (``options`` with its resolution and eval batch filled in)."""
+    o = options
+    classes, splits = _checked_splits(root, o.on_corrupt)
     tr_samples, tr_bad = splits["train"]
     te_samples, te_bad = splits["val"]
-    if preprocessing is None:
-        mean, std, failed = _folder_stats(tuple(p for p, _ in tr_samples), bool(grayscale))
+    if o.preprocessing is None:
+        mean, std, failed = _folder_stats(tuple(p for p, _ in tr_samples), bool(o.grayscale))
     else:  # given (fine-tuning imported weights): the weights' normalisation, not this folder's statistics
-        mean, std, failed = preprocessing.mean, preprocessing.std, ()
+        mean, std, failed = o.preprocessing.mean, o.preprocessing.std, ()
     if failed:  # passed verify but does not decode
-        if on_corrupt == "error":
+        if o.on_corrupt == "error":
             raise _corrupt_error(failed[0], "cannot be decoded")
         _warn_skipped([(p, "cannot be decoded") for p in failed], str(root / "train"), stacklevel=4)
         tr_samples = [s for s in tr_samples if s[0] not in set(failed)]
@@ -385,20 +407,19 @@ def load_folder(root: Path, *, resolution: int, batch_size: int, eval_batch_size
     for split, samples in (("train", tr_samples), ("val", te_samples)):
         if not samples:
             raise DataError(f"{root / split} has no readable images; add images or fix the unreadable ones")
-    tr_idx = subset_indices(len(tr_samples), subset, seed, "subset")
-    te_idx = subset_indices(len(te_samples), val_subset, seed, "val_subset")
+    tr_idx = subset_indices(len(tr_samples), o.subset, o.seed, "subset")
+    te_idx = subset_indices(len(te_samples), o.val_subset, o.seed, "val_subset")
     if tr_idx is not None:
         tr_samples = [tr_samples[i] for i in tr_idx.tolist()]
     if te_idx is not None:
         te_samples = [te_samples[i] for i in te_idx.tolist()]
-    check_global_batch(batch_size, world_size, len(tr_samples))
-    common = dict(resolution=resolution, mean=mean, std=std, seed=seed, rank=rank, world_size=world_size,
-                  workers=workers, on_corrupt=on_corrupt, grayscale=grayscale, channels_last=channels_last,
-                  verify=False, preprocessing=preprocessing, device=device)
-    train = FolderBatches(tr_samples, batch_size, train=True, skipped=tr_bad, **common)
-    val = FolderBatches(te_samples, eval_batch_size, train=False, skipped=te_bad, **common)
+    check_global_batch(o.batch_size, o.world_size, len(tr_samples))
+    common = dict(resolution=o.resolution, mean=mean, std=std, workers=o.workers, on_corrupt=o.on_corrupt,
+                  grayscale=o.grayscale, verify=False, preprocessing=o.preprocessing, **o.dealing())
+    train = FolderBatches(tr_samples, o.batch_size, train=True, skipped=tr_bad, **common)
+    val = FolderBatches(te_samples, o.eval_batch_size, train=False, skipped=te_bad, **common)
     info = DataInfo(name=f"{FOLDER_PREFIX}{root.resolve()}", num_classes=len(classes), class_names=list(classes),
-                    in_chans=1 if grayscale else 3, mean=tuple(mean), std=tuple(std), resolution=resolution,
+                    in_chans=1 if o.grayscale else 3, mean=tuple(mean), std=tuple(std), resolution=o.resolution,
                     train_size=len(tr_samples), val_size=len(te_samples),
-                    preprocessing=None if preprocessing is None else train.preprocessing.to_dict())
+                    preprocessing=None if o.preprocessing is None else train.preprocessing.to_dict())
     return train, val, info

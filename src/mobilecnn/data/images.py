@@ -17,10 +17,9 @@ through this module, so a model sees in production exactly the pixels it was eva
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +28,8 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from ..errors import DataError
+from ..validators import check_choice, check_int, check_number, is_int, is_number, refuse
+from .names import is_folder_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -109,18 +110,15 @@ def resize_square(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def _floats(name: str, values: Any, channels: int) -> tuple[float, ...]:
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
+    if is_number(values):
         values = [values]
-    if not isinstance(values, (list, tuple)) or not values or \
-            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise DataError(f"preprocessing {name} must be a list of numbers, got {values!r}")
+    if not isinstance(values, (list, tuple)) or not values or not all(is_number(v) for v in values):
+        raise refuse(f"preprocessing {name}", values, "a list of finite numbers", DataError)
     vals = tuple(float(v) for v in values)
     if len(vals) == 1 and channels > 1:
         vals = vals * channels
     if len(vals) != channels:
         raise DataError(f"preprocessing {name} has {len(vals)} values for {channels} channel(s)")
-    if not all(math.isfinite(v) for v in vals):
-        raise DataError(f"preprocessing {name} must be finite numbers, got {list(vals)}")
     return vals
 
 
@@ -138,23 +136,17 @@ class Preprocessing:
     channel_order: str = "RGB"
 
     def __post_init__(self) -> None:
-        for name, value, lo, hi in (("resolution", self.resolution, 1, MAX_RESOLUTION), ("in_chans", self.in_chans, 1, 4)):
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise DataError(f"preprocessing {name} must be an integer in [{lo}, {hi}], got {value!r}")
-        if self.in_chans not in (1, 3):
-            raise DataError(f"preprocessing in_chans must be 1 (grayscale) or 3 (RGB), got {self.in_chans}")
+        check_int(self.resolution, "preprocessing resolution", minimum=1, maximum=MAX_RESOLUTION, error=DataError)
+        if not is_int(self.in_chans) or self.in_chans not in (1, 3):
+            raise refuse("preprocessing in_chans", self.in_chans, "1 (grayscale) or 3 (RGB)", DataError)
         object.__setattr__(self, "mean", _floats("mean", self.mean, self.in_chans))
         object.__setattr__(self, "std", _floats("std", self.std, self.in_chans))
         if any(s <= 0 for s in self.std):
-            raise DataError(f"preprocessing std must be > 0 for every channel, got {list(self.std)}")
-        if self.resize not in RESIZE_MODES:
-            raise DataError(f"preprocessing resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+            raise refuse("preprocessing std", list(self.std), "> 0 for every channel", DataError)
+        check_choice(self.resize, "preprocessing resize", RESIZE_MODES, DataError)
         for name, value in (("crop_fraction", self.crop_fraction), ("scale", self.scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= 1):
-                raise DataError(f"preprocessing {name} must be a number in (0, 1], got {value!r}")
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise DataError(f"preprocessing channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got "
-                            f"{self.channel_order!r}")
+            check_number(value, f"preprocessing {name}", above=0, maximum=1, error=DataError)
+        check_choice(self.channel_order, "preprocessing channel_order", CHANNEL_ORDERS, DataError)
         if self.channel_order == "BGR" and self.in_chans != 3:
             raise DataError("preprocessing channel_order BGR needs in_chans=3")
 
@@ -179,7 +171,7 @@ class Preprocessing:
             raise DataError(f"{where}: expected an object, got {type(info).__name__}")
         if isinstance(info.get("preprocessing"), dict):
             return cls.from_dict(info["preprocessing"], where)
-        resize = "center_crop" if str(info.get("name", "")).startswith("folder:") else "square"
+        resize = "center_crop" if is_folder_dataset(info.get("name", "")) else "square"
         return cls.from_dict({"resolution": info.get("resolution", 224), "in_chans": info.get("in_chans", 3),
                               "mean": info.get("mean", [0.5]), "std": info.get("std", [0.5]), "resize": resize}, where)
 

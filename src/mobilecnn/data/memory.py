@@ -9,24 +9,34 @@ augmentation runs there; random numbers are always drawn on the CPU, so batches 
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .batches import (Batches, DataInfo, check_batch_args, check_global_batch, check_start_step, generator,
-                      plan_epoch_size, subset_indices, train_plan)
+from .batches import (Batches, DataInfo, Dealing, LoadOptions, check_batch_args, check_global_batch, check_start_step,
+                      generator, plan_epoch_size, subset_indices, train_plan)
 from .cifar import CIFAR, find_cifar, read_cifar
 from .fashion_mnist import FASHION_MNIST_CLASSES, IDX_FILES, fashion_dir, file_key, read_fashion_mnist
 from .images import Preprocessing, resize_square
+from .names import FASHION_MNIST
 
-__all__ = ["TensorBatches", "load_tensor_dataset", "MAX_IN_MEMORY_BYTES", "TENSOR_DATASETS"]
+__all__ = ["TensorBatches", "TensorOptions", "load_tensor_dataset", "MAX_IN_MEMORY_BYTES"]
 
 #: In-memory datasets resized to more bytes than this are refused.
 MAX_IN_MEMORY_BYTES = 8 << 30
-TENSOR_DATASETS = ("fashion-mnist", "cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class TensorOptions(Dealing):
+    """:class:`TensorBatches` options: how batches are dealt (:class:`~mobilecnn.data.batches.Dealing`) and
+    the augmentation of training batches (random crop of the image zero-padded by ``pad`` pixels, flip)."""
+
+    pad: int = 4
+    flip: bool = True
 
 
 class TensorBatches:
@@ -41,23 +51,26 @@ class TensorBatches:
 
     ``device`` (optional) keeps the dataset on that device and augments there; random numbers are
     always drawn on the CPU, so the batches do not depend on the device.
+
+    ``options``: the fields of :class:`TensorOptions` (``seed``, ``rank``, ``world_size``, ``channels_last``,
+    ``device``, ``pad``, ``flip``).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
-                 mean: Sequence[float], std: Sequence[float], seed: int = 0, rank: int = 0,
-                 world_size: int = 1, pad: int = 4, flip: bool = True, channels_last: bool = False,
-                 device: str | torch.device | None = None) -> None:
+                 mean: Sequence[float], std: Sequence[float], **options: Any) -> None:
+        opts = TensorOptions(**options)
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 N,C,R,R, got {tuple(images.shape)} {images.dtype}")
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be 1-D with {images.shape[0]} entries, got {tuple(labels.shape)}")
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
-        check_batch_args(batch_size, rank, world_size)
+        if opts.pad < 0:
+            raise ValueError(f"pad must be >= 0, got {opts.pad}")
+        check_batch_args(batch_size, opts.rank, opts.world_size)
         self.batch_size = int(batch_size)
         self.train = bool(train)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.pad, self.flip, self.channels_last = int(pad), bool(flip), bool(channels_last)
+        self.seed, self.rank, self.world_size = int(opts.seed), int(opts.rank), int(opts.world_size)
+        self.pad, self.flip, self.channels_last = int(opts.pad), bool(opts.flip), bool(opts.channels_last)
+        device = opts.device
         self.device = torch.device(device) if device is not None else images.device
         self.images = images.to(self.device)
         self.labels = labels.to(device=self.device, dtype=torch.int64)
@@ -139,7 +152,7 @@ def _to_gray(images: torch.Tensor) -> torch.Tensor:
 
 def _tensor_source(name: str, data_dir: str | None) -> tuple:
     """A hashable key naming the on-disk files of an in-memory dataset (with their mtimes and sizes)."""
-    if name == "fashion-mnist":
+    if name == FASHION_MNIST:
         read_fashion_mnist("train", data_dir)  # raises DataError when missing or corrupt
         read_fashion_mnist("val", data_dir)
         root = fashion_dir(data_dir)
@@ -155,7 +168,7 @@ def _prepared(source: tuple, resolution: int, grayscale: bool) -> tuple:
     """``(train_x, train_y, val_x, val_y, classes, mean, std)`` at ``resolution``; stats from the train
     split at its native resolution. Cached per process: the tensors are shared, never modify them."""
     name = source[0]
-    if name == "fashion-mnist":
+    if name == FASHION_MNIST:
         tr_x, tr_y = read_fashion_mnist("train", source[1])
         te_x, te_y = read_fashion_mnist("val", source[1])
         classes = list(FASHION_MNIST_CLASSES)
@@ -167,39 +180,36 @@ def _prepared(source: tuple, resolution: int, grayscale: bool) -> tuple:
     return (resize_square(tr_x, resolution), tr_y, resize_square(te_x, resolution), te_y, classes, mean, std)
 
 
-def load_tensor_dataset(name: str, *, data_dir: str | None, resolution: int, batch_size: int,
-                         eval_batch_size: int, seed: int, subset: int | None, val_subset: int | None,
-                         rank: int, world_size: int, channels_last: bool, grayscale: bool,
-                         device: str | torch.device | None, crop_padding: int = 4
-                         ) -> tuple[Batches, Batches, DataInfo]:
-    grayscale = bool(grayscale) and name != "fashion-mnist"
-    source = _tensor_source(name, data_dir)
-    if subset is not None and subset < 1:
-        raise DataError(f"subset must be at least 1, got {subset}")
-    if name == "fashion-mnist":  # both reads are cached, so the sizes cost nothing
+def load_tensor_dataset(name: str, options: LoadOptions) -> tuple[Batches, Batches, DataInfo]:
+    """``load_data`` for an in-memory dataset (``options`` with its resolution and eval batch filled in)."""
+    o = options
+    grayscale = bool(o.grayscale) and name != FASHION_MNIST
+    source = _tensor_source(name, o.data_dir)
+    if o.subset is not None and o.subset < 1:
+        raise DataError(f"subset must be at least 1, got {o.subset}")
+    if name == FASHION_MNIST:  # both reads are cached, so the sizes cost nothing
         n_images = sum(read_fashion_mnist(s, source[1])[0].shape[0] for s in ("train", "val"))
     else:
         n_images = sum(t.shape[0] for t in read_cifar(name, source[1])[0:4:2])
-    need = n_images * (1 if (name == "fashion-mnist" or grayscale) else 3) * int(resolution) ** 2
+    in_chans = 1 if (name == FASHION_MNIST or grayscale) else 3
+    need = n_images * in_chans * int(o.resolution) ** 2
     if need > MAX_IN_MEMORY_BYTES:
-        raise DataError(f"{name} at resolution {resolution} needs {need / 2**30:.1f} GiB in memory; use "
+        raise DataError(f"{name} at resolution {o.resolution} needs {need / 2**30:.1f} GiB in memory; use "
                         "--resolution <= 64 (the small-input stems are made for it) or export the images to "
                         "an image folder and pass that folder")
-    tr_x, tr_y, te_x, te_y, classes, mean, std = _prepared(source, int(resolution), grayscale)
-    train_size = tr_x.shape[0] if subset is None else min(subset, tr_x.shape[0])
-    check_global_batch(batch_size, world_size, train_size)
-    tr_idx = subset_indices(tr_x.shape[0], subset, seed, "subset")
-    te_idx = subset_indices(te_x.shape[0], val_subset, seed, "val_subset")
+    tr_x, tr_y, te_x, te_y, classes, mean, std = _prepared(source, int(o.resolution), grayscale)
+    train_size = tr_x.shape[0] if o.subset is None else min(o.subset, tr_x.shape[0])
+    check_global_batch(o.batch_size, o.world_size, train_size)
+    tr_idx = subset_indices(tr_x.shape[0], o.subset, o.seed, "subset")
+    te_idx = subset_indices(te_x.shape[0], o.val_subset, o.seed, "val_subset")
     if tr_idx is not None:
         tr_x, tr_y = tr_x[tr_idx], tr_y[tr_idx]
     if te_idx is not None:
         te_x, te_y = te_x[te_idx], te_y[te_idx]
-    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size,
-                  channels_last=channels_last, device=device)
-    train = TensorBatches(tr_x, tr_y, batch_size, train=True, pad=crop_padding, **common)
-    val = TensorBatches(te_x, te_y, eval_batch_size, train=False, **common)
-    in_chans = 1 if (name == "fashion-mnist" or grayscale) else 3
+    common = dict(mean=mean, std=std, **o.dealing())
+    train = TensorBatches(tr_x, tr_y, o.batch_size, train=True, pad=o.crop_padding, **common)
+    val = TensorBatches(te_x, te_y, o.eval_batch_size, train=False, **common)
     info = DataInfo(name=name, num_classes=len(classes), class_names=list(classes), in_chans=in_chans,
-                    mean=tuple(mean), std=tuple(std), resolution=int(resolution),
+                    mean=tuple(mean), std=tuple(std), resolution=int(o.resolution),
                     train_size=int(tr_x.shape[0]), val_size=int(te_x.shape[0]))
     return train, val, info

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..models import ClassifierNet
 
-__all__ = ["fold_batchnorm", "deploy_form", "DeployClassifier", "avgpool_to_depthwise"]
+__all__ = ["fold_batchnorm", "deploy_form", "DeployClassifier", "avgpool_to_depthwise", "pools_as_depthwise"]
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -30,8 +30,10 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
     scale = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                      conv.padding, conv.dilation, conv.groups, bias=True,  # type: ignore[arg-type]
+                      padding_mode=conv.padding_mode)
+    assert fused.bias is not None
     with torch.no_grad():
         fused.weight.copy_((w * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
         fused.bias.copy_((beta + (b - bn.running_mean.detach().double()) * scale).to(conv.weight.dtype))
@@ -67,7 +69,7 @@ class DeployClassifier(nn.Module):
         self.fc = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
         with torch.no_grad():
             self.fc.weight.copy_(linear.weight.detach()[:, :, None, None])
-            if linear.bias is not None:
+            if linear.bias is not None and self.fc.bias is not None:
                 self.fc.bias.copy_(linear.bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,9 @@ def deploy_form(model: nn.Module) -> nn.Module:
                 and type(folded).forward_head is ClassifierNet.forward_head
                 and type(folded).forward_features is ClassifierNet.forward_features)
     if standard and linear is not None:
-        return DeployClassifier(folded.features, linear).eval()
+        features = folded.features
+        assert isinstance(features, nn.Module)
+        return DeployClassifier(features, linear).eval()
     return folded
 
 
@@ -126,7 +130,8 @@ def avgpool_to_depthwise(net: nn.Module, example: torch.Tensor) -> int:
         if name not in channels:
             continue
         c = int(channels[name])
-        k, st, pad = (nn.modules.utils._pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding))
+        k, st, pad = (nn.modules.utils._pair(v)
+                      for v in (pool.kernel_size, pool.stride or pool.kernel_size, pool.padding))
         conv = nn.Conv2d(c, c, k, st, pad, groups=c, bias=False)
         with torch.no_grad():
             conv.weight.fill_(1.0 / (k[0] * k[1]))
@@ -134,3 +139,12 @@ def avgpool_to_depthwise(net: nn.Module, example: torch.Tensor) -> int:
         parent = net.get_submodule(parent_name) if parent_name else net
         setattr(parent, child, conv)
     return len(channels)
+
+
+def pools_as_depthwise(net: nn.Module, example: torch.Tensor) -> list[str]:
+    """:func:`avgpool_to_depthwise` as a format transform (the notes it leaves in the export report)."""
+    replaced = avgpool_to_depthwise(net, example)
+    if not replaced:
+        return []
+    return [f"{replaced} zero-padded average pool(s) exported as fixed depthwise convs (XNNPACK does not "
+            "delegate count_include_pad pooling)"]

@@ -9,9 +9,10 @@ it; the other files are still classified.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,15 +21,30 @@ from PIL import Image, UnidentifiedImageError
 from ..data.images import Preprocessing, is_image_name, load_image
 from ..device import resolve_device
 from ..errors import CheckpointError, DataError, NonFiniteError, UsageError
-from ..runs.files import read_json_object
+from ..fields import cli, positive_int
+from ..files import read_json_object
 from ..runs.rundir import load_trained
-from .formats import SIDECAR_SUFFIX
-from .runtime import check_threads, load_runtime
+from ..validators import check_threads, is_int
+from .formats import SIDECAR_SUFFIX, load_runtime
 
-__all__ = ["Prediction", "Predictor", "load_predictor", "expand_inputs", "predict_files", "iter_predictions",
+__all__ = ["PredictConfig", "Prediction", "Predictor", "load_predictor", "expand_inputs", "predict_files",
+           "iter_predictions",
            "preprocess_image", "read_sidecar"]
 
 MAX_LABELS = 100_000
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``mobilecnn predict``: every option, its default and help (the CLI is generated from it)."""
+
+    images: tuple[str, ...] = field(default=(), metadata=cli("image files or directories (every image in them)",
+                                                             positional=True, nargs="+", metavar="IMAGE"))
+    model: str = field(default="", metadata=cli("run directory, .safetensors, or an exported file", required=True))
+    topk: int = field(default=5, metadata=cli("classes printed per image", type=positive_int))
+    threads: int = field(default=1, metadata=cli("runtime threads", type=positive_int))
+    device: str = field(default="auto", metadata=cli(
+        "run directories and .safetensors: auto, cpu, cuda, cuda:N or mps (exported files run on the CPU)"))
 
 
 @dataclass
@@ -38,7 +54,8 @@ class Prediction:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "top": [{"label": l, "probability": p} for l, p in self.top], "error": self.error}
+        top = [{"label": name, "probability": p} for name, p in self.top]
+        return {"path": self.path, "top": top, "error": self.error}
 
 
 @dataclass
@@ -75,7 +92,8 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
     runtime, on the CPU: ``device`` must then be auto or cpu)."""
     path = Path(model)
     if not path.exists():
-        raise CheckpointError(f"--model {path} does not exist: pass a run directory, a .safetensors file or an exported file")
+        raise CheckpointError(f"--model {path} does not exist: pass a run directory, a .safetensors file or an "
+                              "exported file")
     if path.is_dir() or path.suffix == ".safetensors":
         torch.set_num_threads(check_threads(threads))
         dev = resolve_device(device)
@@ -88,9 +106,11 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
 
         pre = Preprocessing.for_dataset(loaded.data, f"{loaded.weights_file} metadata")
         if pre.in_chans != loaded.model.in_chans:
-            raise CheckpointError(f"{loaded.weights_file}: preprocessing makes {pre.in_chans}-channel images for a model "
+            raise CheckpointError(f"{loaded.weights_file}: preprocessing makes {pre.in_chans}-channel images for a "
+                                  "model "
                                   f"with in_chans={loaded.model.in_chans}")
-        names = _labels(loaded.data.get("class_names"), loaded.model.num_classes, f"{loaded.weights_file} metadata")
+        names = _labels(loaded.data.get("class_names"), getattr(loaded.model, "num_classes", None),
+                        f"{loaded.weights_file} metadata")
         return Predictor(logits, names, pre, source=f"{loaded.model_name} ({loaded.weights} weights, PyTorch)")
     if device is not None and str(device).strip().lower() not in ("auto", "cpu"):
         raise UsageError(f"--device {device} applies to run directories and .safetensors files; {path.name} runs "
@@ -103,7 +123,7 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
     names = _labels(data.get("class_names") if isinstance(data, dict) else None, None, where)
     runtime = load_runtime(path, threads=threads)
     return Predictor(runtime, names, pre,
-                     source=f"{info.get('model')} ({path.suffix[1:]} file{', int8' if info.get('int8') else ''})")
+                     source=f"{info.get('model')} ({path.suffix[1:]} file, {info.get('precision', 'fp32')})")
 
 
 def preprocess_image(path: str | Path, predictor: Predictor) -> np.ndarray:
@@ -148,7 +168,7 @@ def _classify(chunk: list[tuple[Prediction, np.ndarray]], predictor: Predictor, 
 def iter_predictions(inputs: Sequence[str | Path], predictor: Predictor, topk: int = 5,
                      batch_size: int = 32) -> Iterator[Prediction]:
     """Predictions in input order, decoded and classified ``batch_size`` images at a time."""
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+    if not is_int(topk) or topk < 1:
         raise DataError(f"--topk must be an integer >= 1, got {topk!r}")
     pending: list[Prediction] = []
     ready: list[tuple[Prediction, np.ndarray]] = []
@@ -171,6 +191,7 @@ def iter_predictions(inputs: Sequence[str | Path], predictor: Predictor, topk: i
     yield from pending
 
 
-def predict_files(inputs: Sequence[str | Path], predictor: Predictor, topk: int = 5, batch_size: int = 32) -> list[Prediction]:
+def predict_files(inputs: Sequence[str | Path], predictor: Predictor, topk: int = 5,
+                  batch_size: int = 32) -> list[Prediction]:
     """Top-k labels with probabilities for every image; unreadable files get ``error`` set instead."""
     return list(iter_predictions(inputs, predictor, topk, batch_size))

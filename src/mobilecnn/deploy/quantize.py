@@ -13,10 +13,10 @@ One scheme per target, each the target's fast int8 path (docs/deployment.md):
 
 Accuracy and latency of each scheme, as measured, are in docs/deployment.md.
 
-Each scheme has several calibration methods (:data:`INT8_CALIBRATIONS`, the first is the default) and
+Each quantizer has several calibration methods (``*_CALIBRATIONS``, the first is the default) and
 every quantizer takes ``exclude``: module names of the deploy form whose convolutions stay in float.
 :func:`int8_sensitivity` ranks the layers (each one alone fake-quantized in PyTorch, KL divergence of
-the logits), so :func:`mobilecnn.deploy.export.export_model` can try the next calibration method and
+the logits), so :mod:`mobilecnn.deploy.precision` can try the next calibration method and
 then keep the most sensitive layers in float before it refuses a file (NNCF's accuracy-control idea,
 for every backend).
 
@@ -34,43 +34,36 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import Int8AccuracyError
-from .formats import FORMATS
-from .runtime import require_backend
+from .backends import require_backend
 
 __all__ = [
     "Int8Report",
-    "Int8AccuracyError",
     "evaluate_int8",
-    "INT8_SCHEMES",
-    "INT8_FORMATS",
     "quantize_onnx",
     "quantize_openvino",
     "quantize_executorch_program",
     "openvino_int8_risky_convs",
     "check_calibration",
-    "INT8_CALIBRATIONS",
+    "ONNX_CALIBRATIONS",
+    "OPENVINO_CALIBRATIONS",
+    "EXECUTORCH_CALIBRATIONS",
     "int8_sensitivity",
 ]
 
-#: Calibration methods per format, tried in this order (the first is the default).
-INT8_CALIBRATIONS: dict[str, tuple[str, ...]] = {
-    "onnx": ("percentile", "minmax", "entropy"),
-    "openvino": ("minmax", "histogram", "mean_quantile"),
-    "executorch": ("histogram", "minmax", "moving_minmax"),
-}
-
-#: Scheme used per export format (the format table holds it).
-INT8_SCHEMES: dict[str, str] = {f.name: f.int8_scheme for f in FORMATS.values() if f.int8_scheme}
-INT8_FORMATS = tuple(INT8_SCHEMES)
+#: Calibration methods of each quantizer, tried in this order (the first is the default); the format
+#: table (:mod:`mobilecnn.deploy.formats`) reads them.
+ONNX_CALIBRATIONS = ("percentile", "minmax", "entropy")
+OPENVINO_CALIBRATIONS = ("minmax", "histogram", "mean_quantile")
+EXECUTORCH_CALIBRATIONS = ("histogram", "minmax", "moving_minmax")
 
 
 @dataclass(frozen=True)
@@ -113,7 +106,9 @@ def evaluate_int8(fp32_fn: ArrayFn | None, int8_fn: ArrayFn, images: torch.Tenso
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate_int8 needs N >= 1 images (N, C, H, W) and N labels, got shapes "
                          f"{x.shape} and {y.shape}")
-    p32 = fp32_preds if fp32_preds is not None else _predict(fp32_fn, x, batch_size)
+    if fp32_preds is None and fp32_fn is None:
+        raise ValueError("evaluate_int8 needs fp32_fn or fp32_preds")
+    p32 = fp32_preds if fp32_preds is not None else _predict(fp32_fn, x, batch_size)  # type: ignore[arg-type]
     p8 = _predict(int8_fn, x, batch_size)
     a32, a8 = 100.0 * float(np.mean(p32 == y)), 100.0 * float(np.mean(p8 == y))
     return Int8Report(a32, a8, a32 - a8, 100.0 * float(np.mean(p32 == p8)), len(x))
@@ -166,12 +161,11 @@ def _quiet():
         root.removeFilter(drop)
 
 
-def _check_method(fmt: str, method: str | None) -> str:
-    methods = INT8_CALIBRATIONS[fmt]
+def _check_method(what: str, methods: tuple[str, ...], method: str | None) -> str:
     if method is None:
         return methods[0]
     if method not in methods:
-        raise ValueError(f"unknown {fmt} int8 calibration {method!r}; accepted: {', '.join(methods)}")
+        raise ValueError(f"unknown {what} int8 calibration {method!r}; accepted: {', '.join(methods)}")
     return method
 
 
@@ -190,9 +184,9 @@ def onnx_nodes_for_modules(onnx_model: Any, module_names: list[str] | tuple[str,
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor,
                   *, batch_size: int = 32, method: str | None = None, exclude: tuple[str, ...] = ()) -> None:
-    """onnxruntime static QDQ quantization of ``fp32_path`` into ``out_path`` (scheme in :data:`INT8_SCHEMES`);
-    ``method``: one of ``INT8_CALIBRATIONS["onnx"]``; ``exclude``: module names kept in float."""
-    method = _check_method("onnx", method)
+    """onnxruntime static QDQ quantization of ``fp32_path`` into ``out_path`` (the format table states the scheme);
+    ``method``: one of ``ONNX_CALIBRATIONS``; ``exclude``: module names kept in float."""
+    method = _check_method("onnx", ONNX_CALIBRATIONS, method)
     q = require_backend("onnxruntime.quantization", "onnxruntime int8 quantization")
     import onnx
 
@@ -201,7 +195,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
     nodes = onnx_nodes_for_modules(fp32, tuple(exclude)) if exclude else []
     batches = [{input_name: calibration[i:i + batch_size].numpy()} for i in range(0, len(calibration), batch_size)]
 
-    class _Reader(q.CalibrationDataReader):
+    class _Reader(q.CalibrationDataReader):  # type: ignore[name-defined]
         def __init__(self) -> None:
             self._it = iter(batches)
 
@@ -235,9 +229,9 @@ def openvino_ignored_scope(module_names: tuple[str, ...] | list[str]) -> Any:
 def quantize_openvino(fp32_model: Any, calibration: torch.Tensor, *, batch_size: int = 32,
                       method: str | None = None, exclude: tuple[str, ...] = ()) -> Any:
     """NNCF post-training quantization of an ``openvino.Model``; returns the quantized model.
-    ``method``: activation range estimator (``INT8_CALIBRATIONS["openvino"]``); ``exclude``: module names
+    ``method``: activation range estimator (``OPENVINO_CALIBRATIONS``); ``exclude``: module names
     (of a model converted from torch) whose convolutions stay in float."""
-    method = _check_method("openvino", method)
+    method = _check_method("openvino", OPENVINO_CALIBRATIONS, method)
     nncf = require_backend("nncf", "OpenVINO int8 quantization")
     nncf.set_log_level(logging.ERROR)
     kwargs: dict[str, Any] = {}
@@ -260,11 +254,11 @@ def quantize_executorch_program(model: nn.Module, example: torch.Tensor, calibra
     """PT2E-quantize ``model`` for XNNPACK; returns the converted graph module (to be exported + lowered).
 
     The capture uses a dynamic batch so calibration runs in batches of ``batch_size``. ``method``: the
-    activation observer (``INT8_CALIBRATIONS["executorch"]``); ``exclude``: module names kept in float.
+    activation observer (``EXECUTORCH_CALIBRATIONS``); ``exclude``: module names kept in float.
     """
     import dataclasses
 
-    method = _check_method("executorch", method)
+    method = _check_method("executorch", EXECUTORCH_CALIBRATIONS, method)
     xq = require_backend("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 quantization")
     pt2e = require_backend("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 quantization")
     config = xq.get_symmetric_quantization_config(is_per_channel=True)

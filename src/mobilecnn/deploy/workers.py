@@ -25,8 +25,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,7 +143,7 @@ def call_in_child(fn: Callable[..., Any], *args: Any, log: str | Path | None = N
 
 def _timing_main(conn: Any, log: str | None, path: str, threads: int) -> None:
     _redirect_output(log)
-    from .runtime import load_runtime  # the child's own import: only this runtime lives here
+    from .formats import load_runtime  # the child's own import: only this runtime lives here
 
     x = conn.recv()[1]
     try:
@@ -220,7 +221,7 @@ class TimingWorker:
         self._conn.close()
         _stop(self._proc)
 
-    def __enter__(self) -> "TimingWorker":
+    def __enter__(self) -> TimingWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:

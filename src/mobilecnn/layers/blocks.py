@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validators import check_choice, check_number, check_positive_int
 from .shuffle import ChannelShuffle
 
 __all__ = [
@@ -48,10 +49,8 @@ def tf_same_pad(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
 
 def check_arch_options(owner: str, padding: str, bn_eps: float) -> None:
     """Refuse an unknown ``padding`` or a BN epsilon that is not a small positive number."""
-    if padding not in PADDINGS:
-        raise ValueError(f"{owner}: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
-    if isinstance(bn_eps, bool) or not isinstance(bn_eps, (int, float)) or not 0 < bn_eps < 1:
-        raise ValueError(f"{owner}: bn_eps must be a number in (0, 1), got {bn_eps!r}")
+    check_choice(padding, f"{owner}: padding", PADDINGS)
+    check_number(bn_eps, f"{owner}: bn_eps", above=0, below=1)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -102,8 +101,7 @@ class ConvBNAct(nn.Sequential):
     ) -> None:
         check_arch_options("ConvBNAct", padding, bn_eps)
         for arg, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ConvBNAct: {arg} must be a positive integer, got {value!r}")
+            check_positive_int(value, f"ConvBNAct: {arg}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"ConvBNAct: groups={groups} must divide both in_channels={in_channels} and "

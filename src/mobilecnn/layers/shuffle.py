@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..validators import check_positive_int
+
 __all__ = ["channel_shuffle", "ChannelShuffle", "is_tracing", "shuffle_order", "shuffle_traced_as_gather"]
 
 _NATIVE_CL_MAX_NUMEL = 1 << 21
@@ -89,9 +91,7 @@ class ChannelShuffle(nn.Module):
 
     def __init__(self, groups: int) -> None:
         super().__init__()
-        if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"ChannelShuffle: groups must be a positive integer, got {groups!r}")
-        self.groups = groups
+        self.groups = check_positive_int(groups, "ChannelShuffle: groups")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_shuffle(x, self.groups)

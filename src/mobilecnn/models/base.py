@@ -7,25 +7,13 @@ from torch import nn
 
 from ..layers import InvertedResidual, ShuffleNetUnit
 from ..layers.shuffle import is_tracing
+from ..validators import check_bool, check_positive_int
 
 
 # Upper bounds that keep a typo (num_classes=10**9) from allocating terabytes: ImageNet-21k has 21,841
 # classes; hyperspectral images have a few hundred bands.
 MAX_NUM_CLASSES = 100_000
 MAX_IN_CHANS = 4096
-
-
-def check_positive_int(owner: str, arg: str, value: object, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (maximum is not None and value > maximum):
-        bound = "an integer >= 1" + (f" and <= {maximum}" if maximum is not None else "")
-        raise ValueError(f"{owner}: {arg} must be {bound}, got {value!r}")
-    return value
-
-
-def check_width(owner: str, arg: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
-        raise ValueError(f"{owner}: {arg} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 class ClassifierNet(nn.Module):
@@ -38,11 +26,9 @@ class ClassifierNet(nn.Module):
     def __init__(self, owner: str, in_chans: int, num_classes: int, total_stride: int, small_input: bool) -> None:
         super().__init__()
         self.owner = owner
-        self.in_chans = check_positive_int(owner, "in_chans", in_chans, MAX_IN_CHANS)
-        self.num_classes = check_positive_int(owner, "num_classes", num_classes, MAX_NUM_CLASSES)
-        if not isinstance(small_input, bool):
-            raise ValueError(f"{owner}: small_input must be True or False, got {small_input!r}")
-        self.small_input = small_input
+        self.in_chans = check_positive_int(in_chans, f"{owner}: in_chans", maximum=MAX_IN_CHANS)
+        self.num_classes = check_positive_int(num_classes, f"{owner}: num_classes", maximum=MAX_NUM_CLASSES)
+        self.small_input = check_bool(small_input, f"{owner}: small_input")
         self.total_stride = total_stride
 
     @property
@@ -90,7 +76,7 @@ class ClassifierNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear with a fresh one for ``num_classes`` classes (fine-tuning)."""
-        check_positive_int(self.owner, "num_classes", num_classes, MAX_NUM_CLASSES)
+        check_positive_int(num_classes, f"{self.owner}: num_classes", maximum=MAX_NUM_CLASSES)
         linear = self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
         new = nn.Linear(linear.in_features, num_classes)
         if isinstance(self.classifier, nn.Sequential):

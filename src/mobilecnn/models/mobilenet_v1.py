@@ -10,7 +10,8 @@ from torch import nn
 
 from ..layers import ConvBNAct, DepthwiseSeparableConv
 from ..layers.blocks import check_arch_options
-from .base import ClassifierNet, check_width, init_weights
+from ..validators import check_choice, check_number
+from .base import ClassifierNet, init_weights
 from .published import Published
 from .registry import register_model
 
@@ -40,12 +41,10 @@ class MobileNetV1(ClassifierNet):
     ) -> None:
         owner = f"MobileNet V1 (width {alpha})"
         check_arch_options(owner, padding, bn_eps)
-        if act not in ACTIVATIONS:
-            raise ValueError(f"{owner}: act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+        check_choice(act, f"{owner}: act", ACTIVATIONS)
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
-        alpha = check_width(owner, "alpha", alpha)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+        alpha = float(check_number(alpha, f"{owner}: alpha", above=0))
+        check_number(dropout, f"{owner}: dropout", minimum=0, below=1)
 
         def scaled(c: int) -> int:
             return max(1, int(c * alpha))

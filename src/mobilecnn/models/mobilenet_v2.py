@@ -11,7 +11,8 @@ from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
 from ..layers.blocks import check_arch_options
-from .base import ClassifierNet, check_width, init_weights
+from ..validators import check_number
+from .base import ClassifierNet, init_weights
 from .published import Published
 from .registry import register_model
 
@@ -52,9 +53,8 @@ class MobileNetV2(ClassifierNet):
         owner = f"MobileNetV2 (width {width_mult})"
         check_arch_options(owner, padding, bn_eps)
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
-        width_mult = check_width(owner, "width_mult", width_mult)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout!r}")
+        width_mult = float(check_number(width_mult, f"{owner}: width_mult", above=0))
+        check_number(dropout, f"{owner}: dropout", minimum=0, below=1)
         self.width_mult = width_mult
         #: options that change the function but not the weights' shapes (imported weights: docs/pretrained.md)
         self.arch = {"padding": padding, "bn_eps": float(bn_eps)}

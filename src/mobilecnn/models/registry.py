@@ -10,16 +10,17 @@ import difflib
 import fnmatch
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from torch import nn
 
 from ..errors import UnknownModelError
-from ..runs.checkpoints import described_model, load_weights
+from ..fields import cli
 from .published import Published
+from .weights_file import described_model, load_weights
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_model_entry", "published"]
+__all__ = ["ModelEntry", "ListConfig", "register_model", "create_model", "list_models", "get_model_entry", "published"]
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
@@ -50,6 +51,15 @@ def register_model(family: str, published: Published | None = None) -> Callable[
         return builder
 
     return decorate
+
+
+@dataclass
+class ListConfig:
+    """``mobilecnn list``: which names."""
+
+    pattern: str | None = field(default=None, metadata=cli(
+        "shell wildcard, e.g. 'shufflenet_v1_g3*' (default: every model)", positional=True, nargs="?",
+        metavar="PATTERN"))
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -112,7 +122,7 @@ def create_model(
         )
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, small_input=small_input, **kwargs)
     model.model_name = name
-    model.model_kwargs = dict(kwargs)  # recorded in saved weights' metadata (runs/checkpoints.py)
+    model.model_kwargs = dict(kwargs)  # recorded in saved weights' metadata (weights_file.py)
     if weights is not None:
         load_weights(weights, model)
     return model

@@ -25,11 +25,13 @@ import math
 from torch import nn
 
 from ..layers import ConvBNAct, ShuffleNetUnit
-from .base import ClassifierNet, check_positive_int, check_width, init_weights
+from ..validators import check_bool, check_number, check_positive_int
+from .base import ClassifierNet, init_weights
 from .published import Published
 from .registry import register_model
 
-__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "RELEASED_CHANNELS", "TABLE1_STAGE_WIDTH"]
+__all__ = ["ShuffleNetV1", "shufflenet_v1_channels", "RELEASED_CHANNELS", "TABLE1_STAGE_WIDTH", "TABLE2_TOP1_ERROR",
+           "TABLE3_TOP1_ERROR"]
 
 #: Table 1: Stage 2 output channels at 1x for each group count (stages 3, 4 double it).
 TABLE1_STAGE_WIDTH = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
@@ -66,7 +68,7 @@ def shufflenet_v1_channels(groups: int, scale: float) -> tuple[int, int, int, in
     """[stem, stage2, stage3, stage4] for ``groups`` and width ``scale`` (rule in the module docstring)."""
     if groups not in TABLE1_STAGE_WIDTH:
         raise ValueError(f"ShuffleNet v1: groups must be one of {sorted(TABLE1_STAGE_WIDTH)}, got {groups!r}")
-    check_width("ShuffleNet v1", "scale", scale)
+    check_number(scale, "ShuffleNet v1: scale", above=0)
     if (groups, scale) in RELEASED_CHANNELS:
         return RELEASED_CHANNELS[(groups, scale)]
     unit = 4 * groups
@@ -99,9 +101,8 @@ class ShuffleNetV1(ClassifierNet):
     ) -> None:
         owner = f"ShuffleNet v1 (g={groups})"
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
-        check_positive_int(owner, "groups", groups)
-        if not isinstance(shuffle, bool):
-            raise ValueError(f"{owner}: shuffle must be True or False, got {shuffle!r}")
+        check_positive_int(groups, f"{owner}: groups")
+        check_bool(shuffle, f"{owner}: shuffle")
         stem, *stage_channels = channels
         for i, (width, prev) in enumerate(zip(stage_channels, channels[:-1])):
             first_groups = 1 if i == 0 else groups
@@ -142,24 +143,36 @@ class ShuffleNetV1(ClassifierNet):
 # The authors' released params count BN and have no classifier bias (see the module docstring).
 _RELEASED_PARAMS_CONVENTION = {"params_include_bn": True, "params_include_classifier_bias": False}
 
+#: Table 2: ImageNet top-1 error (%) by width ("1_0" = 1x) and group count.
+TABLE2_TOP1_ERROR = {
+    "1_0": {1: 33.6, 2: 32.7, 3: 32.6, 4: 32.8, 8: 32.4},
+    "0_5": {1: 45.1, 2: 44.4, 3: 43.2, 4: 41.6, 8: 42.3},
+    "0_25": {1: 57.1, 2: 56.8, 3: 55.0, 4: 54.2, 8: 52.7},
+}
+#: Table 1: MFLOPs at 1x by group count.
+TABLE1_MFLOPS = {1: 143, 2: 140, 3: 137, 4: 133, 8: 137}
+#: (MFLOPs, params M) of the authors' released models by (groups, width).
+RELEASED_FIGURES = {
+    (3, "0_5"): (38, 0.7), (3, "1_0"): (138, 1.9), (3, "1_5"): (292, 3.4), (3, "2_0"): (524, 5.4),
+    (8, "0_5"): (40, 1.0), (8, "1_0"): (138, 2.4), (8, "1_5"): (290, 4.3), (8, "2_0"): (522, 6.5),
+}
+#: Table 3 (the shuffle ablation): top-1 error (%) without the channel shuffle by (groups, width); with the
+#: shuffle the networks are Table 2's.
+_TABLE3_NO_SHUFFLE = {(3, "1_0"): 34.5, (8, "1_0"): 37.6, (3, "0_5"): 45.7, (8, "0_5"): 48.1}
+#: Table 3 by model name: (top-1 error with shuffle, without shuffle) in %, in the paper's row order.
+TABLE3_TOP1_ERROR: dict[str, tuple[float, float]] = {
+    f"shufflenet_v1_g{g}_x{s}": (TABLE2_TOP1_ERROR[s][g], without) for (g, s), without in _TABLE3_NO_SHUFFLE.items()
+}
+
 
 def _published_for(groups: int, scale_key: str) -> Published | None:
     """Table 1/2 and the figures of the released models for one (g, s)."""
-    table2_error = {
-        "1_0": {1: 33.6, 2: 32.7, 3: 32.6, 4: 32.8, 8: 32.4},
-        "0_5": {1: 45.1, 2: 44.4, 3: 43.2, 4: 41.6, 8: 42.3},
-        "0_25": {1: 57.1, 2: 56.8, 3: 55.0, 4: 54.2, 8: 52.7},
-    }
-    table1_mflops = {1: 143, 2: 140, 3: 137, 4: 133, 8: 137}
-    released = {  # (MFLOPs, params M) from the authors' released models
-        (3, "0_5"): (38, 0.7), (3, "1_0"): (138, 1.9), (3, "1_5"): (292, 3.4), (3, "2_0"): (524, 5.4),
-        (8, "0_5"): (40, 1.0), (8, "1_0"): (138, 2.4), (8, "1_5"): (290, 4.3), (8, "2_0"): (522, 6.5),
-    }
-    error = table2_error.get(scale_key, {}).get(groups)
+    released = RELEASED_FIGURES
+    error = TABLE2_TOP1_ERROR.get(scale_key, {}).get(groups)
     if scale_key == "1_0":
         params = released.get((groups, scale_key), (None, None))[1]
         note = "Table 1 complexity; released code reports 138 MFLOPs" if params else "Table 1 complexity"
-        return Published("ShuffleNet Table 1/2", {224: table1_mflops[groups]}, params=params, top1_error=error,
+        return Published("ShuffleNet Table 1/2", {224: TABLE1_MFLOPS[groups]}, params=params, top1_error=error,
                          note=note, **_RELEASED_PARAMS_CONVENTION)
     if (groups, scale_key) in released:
         mflops, params = released[(groups, scale_key)]

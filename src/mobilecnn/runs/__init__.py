@@ -1,11 +1,11 @@
-"""Runs on disk: atomic file writes, safetensors checkpoints, the run directory.
+"""Runs on disk: the run directory (its layout, lock, config and the trained model) and its training checkpoints.
 
-Import :mod:`mobilecnn.runs.rundir` explicitly: it builds models, and the model registry itself
-reads weight files through :mod:`.checkpoints`.
+The weights-file format itself (safetensors with a model description) is :mod:`mobilecnn.models.weights_file`;
+atomic writes are :mod:`mobilecnn.files`.
 """
 
-from .checkpoints import latest_checkpoint, load_training_state, load_weights, read_metadata, save_training_checkpoint, save_weights
-from .files import atomic_write, atomic_write_bytes, atomic_write_text
+from .checkpoints import LATEST, latest_checkpoint, load_training_state, save_training_checkpoint
+from .rundir import LoadedModel, append_jsonl, load_trained, prepare_run_dir, read_config, run_lock, write_config
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "latest_checkpoint", "load_training_state",
-           "load_weights", "read_metadata", "save_training_checkpoint", "save_weights"]
+__all__ = ["LATEST", "latest_checkpoint", "load_training_state", "save_training_checkpoint", "LoadedModel",
+           "load_trained", "run_lock", "prepare_run_dir", "append_jsonl", "write_config", "read_config"]

@@ -1,7 +1,8 @@
 """The run directory: its lock, its ``config.json`` and ``metrics.jsonl``, and loading the trained model.
 
 A run directory holds ``config.json`` (model, data description, every argument), ``metrics.jsonl``
-(one line per epoch), ``curves.png`` and ``checkpoints/`` (:mod:`.checkpoints`). ``eval``, ``export``
+(one line per epoch), ``curves.png`` and ``checkpoints/`` (:mod:`.checkpoints`); the names are in
+:mod:`.layout`. ``eval``, ``export``
 and ``predict`` need only the directory: ``config.json`` names the model and its arguments, and the
 last complete checkpoint holds the weights. A lone ``.safetensors`` written by ``train`` carries the
 same description in its metadata.
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError, RunLockedError, TrainError
+from ..files import atomic_write_text, read_json_object
 from ..models import create_model
-from .checkpoints import check_state_fits, latest_checkpoint, load_weights, read_metadata
-from .files import atomic_write_text, read_json_object
+from ..models.weights_file import check_state_fits, load_weights, read_metadata, written_by_mobilecnn
+from .checkpoints import latest_checkpoint
+from .layout import CHECKPOINTS_DIR, CONFIG_FILE, EMA_WEIGHTS, LOCK_FILE, MODEL_WEIGHTS, STATE_FILE
 
 __all__ = ["LoadedModel", "load_trained", "run_lock", "prepare_run_dir", "append_jsonl", "write_config", "read_config"]
 
@@ -54,17 +56,17 @@ def _json_field(meta: dict[str, str], key: str, path: Path) -> Any:
 def _served_weights(ckpt: Path) -> str | None:
     """"model" when training found the raw weights better than the EMA ones at the end (state.json)."""
     try:
-        state = json.loads((ckpt / "state.json").read_text())
+        state = json.loads((ckpt / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
     return state.get("serve") if isinstance(state, dict) else None
 
 
 def _weights_in(ckpt: Path, prefer_ema: bool) -> tuple[Path, str]:
-    ema = ckpt / "ema.safetensors"
+    ema = ckpt / EMA_WEIGHTS
     if prefer_ema and ema.is_file() and _served_weights(ckpt) != "model":
         return ema, "ema"
-    return ckpt / "model.safetensors", "model"
+    return ckpt / MODEL_WEIGHTS, "model"
 
 
 def load_trained(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
@@ -74,22 +76,22 @@ def load_trained(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
         raise CheckpointError(f"{path} does not exist: pass a run directory made by `mobilecnn train` or a .safetensors file")
     run_dir: Path | None = None
     if path.is_dir():
-        if (path / "model.safetensors").is_file():  # a checkpoint directory
+        if (path / MODEL_WEIGHTS).is_file():  # a checkpoint directory
             ckpt = path
-            run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+            run_dir = path.parent.parent if path.parent.name == CHECKPOINTS_DIR else None
         else:
             ckpt = latest_checkpoint(path)
             if ckpt is None:
-                hint = " (it holds no config.json either)" if not (path / "config.json").is_file() else ""
+                hint = f" (it holds no {CONFIG_FILE} either)" if not (path / CONFIG_FILE).is_file() else ""
                 raise CheckpointError(f"{path} holds no complete checkpoint{hint}; train first with `mobilecnn train --out {path}`")
             run_dir = path
         weights_file, kind = _weights_in(ckpt, prefer_ema)
     else:
         weights_file, kind = path, "ema" if path.name.startswith("ema") else "model"
-        if path.parent.parent.name == "checkpoints":
+        if path.parent.parent.name == CHECKPOINTS_DIR:
             run_dir = path.parent.parent.parent
     meta = read_metadata(weights_file)
-    if meta.get("format") != "mobilecnn" or not meta.get("model"):
+    if not written_by_mobilecnn(meta):
         raise CheckpointError(f"{weights_file} was not written by mobilecnn (no model description in its metadata)")
     config = read_config(run_dir) if run_dir is not None else {}
     data = _json_field(meta, "data", weights_file) if meta.get("data") else config.get("data", {})
@@ -123,7 +125,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     once the lock is held. Call it only after the directory was found fit for the run.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
+    path = run_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
@@ -153,13 +155,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def _refuse_if_locked(run_dir: Path) -> None:
     """Raise :class:`RunLockedError` when another process holds the run's lock (checked read-only)."""
     try:
-        fd = os.open(run_dir / ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # no lock file (or a link, refused later by run_lock)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RunLockedError(f"{run_dir} is in use by another mobilecnn train (lock held on {run_dir / '.lock'}); "
+        raise RunLockedError(f"{run_dir} is in use by another mobilecnn train (lock held on {run_dir / LOCK_FILE}); "
                              "wait for it to finish or choose another --out") from None
     finally:
         os.close(fd)
@@ -178,7 +180,7 @@ def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str,
         raise TrainError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if check_lock:
         _refuse_if_locked(run_dir)
-    config_file = run_dir / "config.json"
+    config_file = run_dir / CONFIG_FILE
     ckpt = latest_checkpoint(run_dir)
     if resume == "auto":
         resume = ckpt is not None and config_file.is_file()
@@ -199,8 +201,8 @@ def prepare_run_dir(identity: dict[str, Any], run_dir: Path, resume: bool | str,
             raise TrainError(f"{run_dir} already holds this run (checkpoint {ckpt.name}); pass --resume to continue it "
                              "or choose another --out")
     elif resume:
-        raise TrainError(f"nothing to resume in {run_dir}: it holds no config.json; start without --resume")
-    elif run_dir.exists() and any(p.name != ".lock" and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        raise TrainError(f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}; start without --resume")
+    elif run_dir.exists() and any(p.name != LOCK_FILE and not (p.name.startswith(".") and p.name.endswith(".tmp"))
                                   for p in run_dir.iterdir()):  # atomic-write debris of a killed run is not a run
         raise TrainError(f"{run_dir} is not empty and holds no mobilecnn run; choose another --out")
     return ckpt if resume else None
@@ -213,16 +215,14 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-
-
 def write_config(run_dir: Path, record: dict[str, Any]) -> None:
     """Write ``config.json`` atomically."""
-    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """``config.json`` of a run as a dict; ``{}`` when the run has none. Errors name the file."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return {}
     return read_json_object(path, "`mobilecnn train`", CheckpointError)

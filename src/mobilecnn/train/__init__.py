@@ -2,9 +2,9 @@
 
 from .config import RECIPES, SCHEDULES, Recipe, TrainConfig, TrainSettings, resolve
 from .distributed import default_threads, init_distributed
-from .loop import evaluate, evaluate_model, fit, train, train_one_epoch
+from .loop import evaluate, fit, train, train_one_epoch
 from .optim import ModelEma, learning_rate, param_groups, recalibrate_batchnorm
 
 __all__ = ["TrainConfig", "TrainSettings", "Recipe", "RECIPES", "SCHEDULES", "resolve", "fit", "train",
-           "train_one_epoch", "evaluate", "evaluate_model", "learning_rate", "param_groups", "recalibrate_batchnorm",
+           "train_one_epoch", "evaluate", "learning_rate", "param_groups", "recalibrate_batchnorm",
            "ModelEma", "default_threads", "init_distributed"]

@@ -5,16 +5,20 @@ filled in from the recipe.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data import DATASETS, FASHION_MNIST
 from ..data.images import MAX_RESOLUTION
 from ..errors import TrainError
+from ..fields import cli, positive_int
+from ..files import sha256_of
 from ..models import get_model_entry
+from ..validators import check_choice, check_int, check_number, check_positive_int, check_threads, refuse
 
-__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "cli", "resume_value"]
+__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "resume_value"]
+
 
 def resume_value(text: str) -> bool | str:
     """``--resume`` takes no value (True) or ``auto``."""
@@ -23,11 +27,6 @@ def resume_value(text: str) -> bool | str:
     import argparse  # only the CLI calls this
 
     raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {text!r}")
-
-
-def cli(help: str, **argparse_kwargs: Any) -> dict[str, Any]:
-    """Field metadata that puts a config field on the command line (see :mod:`mobilecnn.cli.options`)."""
-    return {"cli": {"help": help, **argparse_kwargs}}
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,6 @@ RECIPES: dict[str, Recipe] = {
                    description="fast CPU recipe: SGD nesterov, one-cycle lr 0.3@64, batch 64, wd 5e-5, LS 0.1, flip only"),
 }
 SCHEDULES = ("linear", "cosine", "onecycle", "exponential", "constant")
-SMALL_DATASETS = ("fashion-mnist", "cifar10", "cifar100")
 MAX_EPOCHS = 100_000
 
 
@@ -76,8 +74,8 @@ class TrainConfig:
     """Everything a run depends on; stored in ``config.json`` of the run directory."""
 
     model: str = field(metadata=cli("registered model name (see `mobilecnn list`)", required=True))
-    data: str = field(default="fashion-mnist",
-                      metadata=cli("fashion-mnist, cifar10, cifar100, or a folder with train/ and val/"))
+    data: str = field(default=FASHION_MNIST,
+                      metadata=cli(f"{', '.join(DATASETS)}, or a folder with train/ and val/"))
     data_dir: str | None = field(default=None, metadata=cli(
         "where Fashion-MNIST/CIFAR live (default: $MOBILECNN_DATA_DIR or /usr/share/datasets/fashion-mnist)"))
     out: str | None = field(default=None, metadata=cli("run directory (default runs/MODEL)"))
@@ -85,7 +83,8 @@ class TrainConfig:
         "fast (default on small datasets), shufflenet, mobilenetv2", choices=list(RECIPES)))
     epochs: float = field(default=5, metadata=cli("epochs (fractions allowed)"))
     batch_size: int | None = field(default=None, metadata=cli(
-        "global batch, kept under torchrun (default: the recipe's: fast 64, shufflenet/mobilenetv2 256)"))
+        "global batch, kept under torchrun (default: the recipe's: fast 64, shufflenet/mobilenetv2 256)",
+        type=positive_int))
     lr: float | None = field(default=None, metadata=cli("peak learning rate (default: the recipe's, scaled by batch)"))
     weight_decay: float | None = field(default=None, metadata=cli("weight decay on conv/linear weights"))
     schedule: str | None = field(default=None, metadata=cli("learning-rate schedule", choices=list(SCHEDULES)))
@@ -99,18 +98,21 @@ class TrainConfig:
     resume: bool | str = field(default=False, metadata=cli(
         "continue from the last complete checkpoint in --out; `--resume auto`: resume if one exists, else start "
         "(for torchrun --max-restarts)", nargs="?", const=True, type=resume_value, metavar="auto"))
-    subset: int | None = field(default=None, metadata=cli("train on N images (a seeded random subset)"))
-    val_subset: int | None = field(default=None, metadata=cli("evaluate on N validation images"))
+    subset: int | None = field(default=None, metadata=cli("train on N images (a seeded random subset)",
+                                                          type=positive_int))
+    val_subset: int | None = field(default=None, metadata=cli("evaluate on N validation images",
+                                                              type=positive_int))
     resolution: int | None = field(default=None, metadata=cli(
-        "image side (default 32 for small datasets, 224 for folders)"))
+        "image side (default 32 for small datasets, 224 for folders)", type=positive_int))
     small_input: bool | None = field(default=None, metadata=cli("small-image stem (default: on for resolution <= 64)"))
-    checkpoint_every: int = field(default=200, metadata=cli("steps between checkpoints"))
+    checkpoint_every: int = field(default=200, metadata=cli("steps between checkpoints", type=positive_int))
     workers: int = field(default=2, metadata=cli("DataLoader workers for image folders"))
     on_corrupt: str = field(default="skip", metadata=cli("corrupt images in a folder", choices=["skip", "error"]))
-    threads: int | None = field(default=None, metadata=cli("torch threads per process (default: the free cores)"))
+    threads: int | None = field(default=None, metadata=cli("torch threads per process (default: the free cores)",
+                                                           type=positive_int))
     bn_recalibration: bool | None = None
     bn_recalibration_batches: int = 50
-    max_steps: int | None = field(default=None, metadata=cli("stop after N steps (smoke runs)"))
+    max_steps: int | None = field(default=None, metadata=cli("stop after N steps (smoke runs)", type=positive_int))
     eval_every: int = 1  # epochs
     crop_padding: int | None = field(default=None, metadata=cli("random-crop padding in pixels (small datasets)"))
     device: str = field(default="auto", metadata=cli(
@@ -143,10 +145,8 @@ class TrainConfig:
         for key, default in (("init", None), ("freeze_backbone", False), ("backbone_lr_scale", 1.0), ("freeze_bn", False)):
             if getattr(self, key) != default:
                 identity[key] = getattr(self, key)
-        if self.init is not None:
-            from .finetune import init_fingerprint
-
-            identity["init_sha256"] = init_fingerprint(self.init)
+        if self.init is not None:  # the file's content, not its name: resuming with other weights is refused
+            identity["init_sha256"] = sha256_of(self.init)
         return identity
 
 
@@ -171,7 +171,7 @@ class TrainSettings:
 def _recipe_name(cfg: TrainConfig) -> str:
     if cfg.recipe is not None:
         return cfg.recipe
-    if cfg.data in SMALL_DATASETS:
+    if cfg.data in DATASETS:
         return "fast"
     return "shufflenet" if get_model_entry(cfg.model).family == "shufflenet_v1" else "mobilenetv2"
 
@@ -208,49 +208,39 @@ def resolve(cfg: TrainConfig) -> TrainSettings:
     return settings
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check(cfg: TrainConfig, s: TrainSettings) -> None:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    checks = [
-        ("epochs", cfg.epochs, _is_number(cfg.epochs) and 0 < cfg.epochs <= MAX_EPOCHS, f"a number in (0, {MAX_EPOCHS}]"),
-        ("batch_size", s.batch_size, _is_int(s.batch_size) and 1 <= s.batch_size <= 1 << 20, "an integer >= 1"),
-        ("lr", s.lr, _is_number(s.lr) and s.lr > 0, "a finite number > 0"),
-        ("weight_decay", s.weight_decay, _is_number(s.weight_decay) and s.weight_decay >= 0, "a finite number >= 0"),
-        ("schedule", s.schedule, s.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-        ("label_smoothing", s.label_smoothing, _is_number(s.label_smoothing) and 0 <= s.label_smoothing < 1, "in [0, 1)"),
-        ("ema", s.ema, _is_number(s.ema) and 0 <= s.ema < 1, "in [0, 1) (0 = off)"),
-        ("warmup", s.warmup_epochs, _is_number(s.warmup_epochs) and 0 <= s.warmup_epochs <= MAX_EPOCHS,
-         f"a number of epochs in [0, {MAX_EPOCHS}]"),
-        ("max_steps", cfg.max_steps, cfg.max_steps is None or (_is_int(cfg.max_steps) and cfg.max_steps >= 1), ">= 1"),
-        ("crop_padding", s.crop_padding, _is_int(s.crop_padding) and 0 <= s.crop_padding <= 256, "in [0, 256] pixels"),
-        ("subset", cfg.subset, cfg.subset is None or (_is_int(cfg.subset) and cfg.subset >= 1), ">= 1"),
-        ("val_subset", cfg.val_subset, cfg.val_subset is None or (_is_int(cfg.val_subset) and cfg.val_subset >= 1), ">= 1"),
-        ("resolution", cfg.resolution, cfg.resolution is None or (_is_int(cfg.resolution) and 1 <= cfg.resolution <= MAX_RESOLUTION),
-         f"an integer in [1, {MAX_RESOLUTION}]"),
-        ("seed", cfg.seed, _is_int(cfg.seed) and -2**63 <= cfg.seed < 2**64,
-         "an integer in [-2**63, 2**64) (torch.manual_seed's range)"),
-        ("checkpoint_every", cfg.checkpoint_every, _is_int(cfg.checkpoint_every) and cfg.checkpoint_every >= 1, ">= 1 steps"),
-        ("workers", cfg.workers, _is_int(cfg.workers) and 0 <= cfg.workers <= 256, "an integer in [0, 256]"),
-        ("on_corrupt", cfg.on_corrupt, cfg.on_corrupt in ("skip", "error"), "'skip' or 'error'"),
-        ("resume", cfg.resume, isinstance(cfg.resume, bool) or cfg.resume == "auto", "true, false or 'auto'"),
-        ("device", cfg.device, isinstance(cfg.device, str) and bool(cfg.device.strip()),
-         "auto, cpu, cuda, cuda:N or mps"),
-        ("threads", cfg.threads, cfg.threads is None or (_is_int(cfg.threads) and 1 <= cfg.threads <= cpus),
-         f"an integer from 1 to the {cpus} CPU(s) available"),
-        ("backbone_lr_scale", cfg.backbone_lr_scale, _is_number(cfg.backbone_lr_scale) and 0 < cfg.backbone_lr_scale <= 1e3,
-         "a number > 0 (use --freeze-backbone for 0)"),
-        ("init", cfg.init, cfg.init is None or (isinstance(cfg.init, str) and os.path.isfile(cfg.init)),
-         "an existing weights file"),
-    ]
-    for name, value, ok, accepted in checks:
-        if not ok:
-            raise TrainError(f"--{name.replace('_', '-')} {value!r} is not accepted: it must be {accepted}")
+    """Refuse any option out of range (:class:`TrainError` naming the option, the value and what is accepted)."""
+    e = TrainError
+    check_number(cfg.epochs, "--epochs", above=0, maximum=MAX_EPOCHS, error=e)
+    check_positive_int(s.batch_size, "--batch-size", maximum=1 << 20, error=e)
+    check_number(s.lr, "--lr", above=0, error=e)
+    check_number(s.weight_decay, "--weight-decay", minimum=0, error=e)
+    check_choice(s.schedule, "--schedule", SCHEDULES, error=e)
+    check_number(s.label_smoothing, "--label-smoothing", minimum=0, below=1, error=e)
+    check_number(s.ema, "--ema", minimum=0, below=1, accepted="a number in [0, 1) (0 = off)", error=e)
+    check_number(s.warmup_epochs, "--warmup", minimum=0, maximum=MAX_EPOCHS, error=e)
+    if cfg.max_steps is not None:
+        check_positive_int(cfg.max_steps, "--max-steps", error=e)
+    check_int(s.crop_padding, "--crop-padding", minimum=0, maximum=256, error=e)
+    for option, value in (("--subset", cfg.subset), ("--val-subset", cfg.val_subset)):
+        if value is not None:
+            check_positive_int(value, option, error=e)
+    if cfg.resolution is not None:
+        check_positive_int(cfg.resolution, "--resolution", maximum=MAX_RESOLUTION, error=e)
+    check_int(cfg.seed, "--seed", minimum=-2**63, maximum=2**64 - 1, error=e,
+              accepted="an integer in [-2**63, 2**64) (torch.manual_seed's range)")
+    check_positive_int(cfg.checkpoint_every, "--checkpoint-every", error=e)
+    check_int(cfg.workers, "--workers", minimum=0, maximum=256, error=e)
+    check_choice(cfg.on_corrupt, "--on-corrupt", ("skip", "error"), error=e)
+    if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
+        raise refuse("--resume", cfg.resume, "true, false or 'auto'", e)
+    if not (isinstance(cfg.device, str) and cfg.device.strip()):
+        raise refuse("--device", cfg.device, "auto, cpu, cuda, cuda:N or mps", e)
+    if cfg.threads is not None:
+        check_threads(cfg.threads, "--threads", error=e)
+    check_number(cfg.backbone_lr_scale, "--backbone-lr-scale", above=0, maximum=1e3, error=e,
+                 accepted="a number > 0 (use --freeze-backbone for 0)")
+    if cfg.init is not None and not (isinstance(cfg.init, str) and os.path.isfile(cfg.init)):
+        raise refuse("--init", cfg.init, "an existing weights file", e)
     if not isinstance(cfg.model_kwargs, dict):
         raise TrainError(f"model_kwargs must be a dict, got {type(cfg.model_kwargs).__name__}")

@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..data.images import Preprocessing
 from ..errors import TrainError
-from ..runs.checkpoints import described_model, load_weights, read_metadata
-from ..runs.files import sha256_of
+from ..models import create_model
+from ..models.weights_file import described_model, load_weights, read_metadata, written_by_mobilecnn
 from .optim import param_groups
 
-__all__ = ["InitWeights", "read_init", "init_fingerprint", "build_initialized", "finetune_param_groups",
-           "freeze_backbone_", "freeze_batchnorm_"]
+__all__ = ["InitWeights", "read_init", "build_initialized", "finetune_param_groups", "freeze_backbone_",
+           "freeze_batchnorm_"]
 
 
 @dataclass
@@ -55,16 +54,11 @@ class InitWeights:
         return None
 
 
-def init_fingerprint(path: str | Path) -> str:
-    """What identifies ``--init`` weights in a run's identity: the file's SHA-256."""
-    return sha256_of(path)
-
-
 def read_init(path: str | Path) -> InitWeights:
     """The description of an ``--init`` file (only safetensors written by mobilecnn)."""
     path = Path(path)
     meta = read_metadata(path)
-    if meta.get("format") != "mobilecnn" or not meta.get("model"):
+    if not written_by_mobilecnn(meta):
         raise TrainError(f"--init {path} was not written by mobilecnn (no model description in its metadata); "
                          "convert published weights first with `mobilecnn weights import`")
     desc = described_model(path)
@@ -83,8 +77,6 @@ def build_initialized(init: InitWeights, model_name: str, *, num_classes: int, i
 
     Returns the model and the model kwargs it was built with (the file's options + ``model_kwargs``).
     """
-    from ..models import create_model
-
     if model_name != init.model:
         raise TrainError(f"--init {init.path} holds {init.model} weights but --model is {model_name}")
     if in_chans != init.in_chans:

@@ -26,12 +26,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import Batches, DataInfo, load_data
+from ..data import Batches, DataInfo, is_folder_dataset, load_data
 from ..device import amp_dtype, grad_scaler, resolve_device, set_deterministic, synchronize
 from ..errors import NonFiniteError, NonFiniteLossError, TrainError
 from ..models import create_model
 from ..plots import plot_training_curves
 from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
+from ..runs.layout import CURVES_FILE, METRICS_FILE
 from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
 from .config import TrainConfig, TrainSettings, resolve
 from .distributed import DistContext, default_threads, env_local_rank, env_world_size, init_distributed
@@ -39,7 +40,7 @@ from .finetune import build_initialized, finetune_param_groups, freeze_backbone_
 from .losses import SmoothedCrossEntropy
 from .optim import ModelEma, learning_rate, make_optimizer, param_groups, recalibrate_batchnorm
 
-__all__ = ["fit", "train", "train_one_epoch", "evaluate", "evaluate_model", "EpochStats"]
+__all__ = ["fit", "train", "train_one_epoch", "evaluate", "EpochStats"]
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -94,9 +95,6 @@ def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp
         result["logits"] = torch.cat(all_logits) if all_logits else torch.zeros(0, n_cls)
         result["labels"] = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
     return result
-
-
-evaluate_model = evaluate  # the name used before the train package existed
 
 
 def _all_reduce_host(t: torch.Tensor) -> None:
@@ -164,14 +162,14 @@ class _Run:
     def checkpoint(self, epoch: int, in_epoch: int, stats: EpochStats, serve: str | None = None) -> None:
         self.check_finite_weights(epoch)
         if self.ddp.main:
-            extra: dict[str, Any] = {"epoch_stats": dataclasses.asdict(stats)}
+            progress: dict[str, Any] = {"epoch": epoch, "step": self.step, "step_in_epoch": in_epoch,
+                                        "epoch_stats": dataclasses.asdict(stats)}
             if self.scaler is not None:  # fp16 AMP: the loss scale is part of the state
-                extra["grad_scaler"] = self.scaler.state_dict()
+                progress["grad_scaler"] = self.scaler.state_dict()
             if serve:
-                extra["serve"] = serve
-            save_training_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, epoch=epoch,
-                                     step=self.step, step_in_epoch=in_epoch, ema=self.ema, extra=extra,
-                                     metadata=self.weights_metadata)
+                progress["serve"] = serve
+            save_training_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, progress=progress,
+                                     ema=self.ema, metadata=self.weights_metadata)
         if self.ddp.world_size > 1:
             dist.barrier()
 
@@ -243,7 +241,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
     init = read_init(cfg.init) if cfg.init else None
     # fine-tuning: the weights' own normalisation (train/finetune.py), at their resolution unless --resolution
     init_pre = init.preprocessing if init is not None and (
-        isinstance(init.data.get("preprocessing"), dict) or str(init.data.get("name", "")).startswith("folder:")) else None
+        isinstance(init.data.get("preprocessing"), dict) or is_folder_dataset(init.data.get("name", ""))) else None
     train_loader, val_loader, info = load_data(
         cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution or (init_pre.resolution if init_pre else None),
         batch_size=s.batch_size // ddp.world_size,
@@ -342,10 +340,10 @@ def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, sta
                                "note": f"EMA weights scored {ev['top1']:.2f}% < raw weights {raw['top1']:.2f}%: "
                                        "the raw weights are served"})
     if run.ddp.main:  # metrics before the checkpoint: a crash in between repeats a line, never loses one
-        metrics_file = run.run_dir / "metrics.jsonl"
+        metrics_file = run.run_dir / METRICS_FILE
         append_jsonl(metrics_file, record)
         with contextlib.suppress(Exception):  # a plot must never fail a training
-            plot_training_curves(metrics_file, run.run_dir / "curves.png")
+            plot_training_curves(metrics_file, run.run_dir / CURVES_FILE)
     run.checkpoint(epoch, in_epoch, stats, serve=serve)
     return record
 
@@ -406,7 +404,7 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
             notify("epoch", last_metrics)
             stats = EpochStats()
             epoch += 1
-        metrics_file = run_dir / "metrics.jsonl"
+        metrics_file = run_dir / METRICS_FILE
         if ddp.main and not last_metrics and metrics_file.is_file():
             lines = metrics_file.read_text().strip().splitlines()
             last_metrics = json.loads(lines[-1]) if lines else {}

@@ -11,7 +11,7 @@ from .common import SOURCES, Converted
 from .convert import convert_file, convert_state
 from .infer import infer_model_name
 from .sources import load_weights_file, read_keras_h5, unwrap_state_dict
-from .store import import_weights, write_imported
+from .store import ImportConfig, import_weights, run_import, write_imported
 
 __all__ = ["SOURCES", "Converted", "convert_file", "convert_state", "infer_model_name", "load_weights_file",
-           "read_keras_h5", "unwrap_state_dict", "import_weights", "write_imported"]
+           "read_keras_h5", "unwrap_state_dict", "ImportConfig", "import_weights", "run_import", "write_imported"]

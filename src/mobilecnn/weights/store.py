@@ -1,12 +1,11 @@
 """Write an imported checkpoint: ``W.safetensors`` (weights in mobilecnn's layout) whose metadata is the
 authoritative description, and the ``W.safetensors.mobilecnn.json`` sidecar, a readable copy of it.
 
-Metadata (all strings; JSON where structured), read by ``create_model(name, weights=W)``,
-``load_trained`` (``predict``, ``eval``, ``export``) and ``train --init``:
+The metadata follows the weights-file schema (:mod:`mobilecnn.models.weights_file`), read by
+``create_model(name, weights=W)``, ``load_trained`` (``predict``, ``eval``, ``export``) and ``train --init``;
+an imported file has ``in_chans`` 3 and ``small_input`` False, and its
 
-* ``format`` = ``mobilecnn``, ``model``, ``num_classes``, ``in_chans`` (3), ``small_input`` (False);
-* ``model_kwargs``: the architecture options the weights need (``padding``, ``bn_eps``, ``act``);
-* ``data``: a dataset description whose ``preprocessing`` is a :class:`~mobilecnn.data.images.Preprocessing`
+* ``data`` is a dataset description whose ``preprocessing`` is a :class:`~mobilecnn.data.images.Preprocessing`
   dict (mean, std, scale, channel_order, resize, crop_fraction, resolution) and ``class_names`` (the
   ``--labels`` file, else empty: ImageNet's class names do not ship with mobilecnn);
 * ``source`` (library, file name, sha256, source variant, conversion notes), ``license`` (a note, not advice),
@@ -16,21 +15,39 @@ Metadata (all strings; JSON where structured), read by ``create_model(name, weig
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.weights_file import SIDECAR_SUFFIX  # one sidecar name for exports and imports
 from ..errors import UsageError
-from ..runs.checkpoints import save_weights
-from ..runs.files import atomic_write_text, sha256_of
-from .common import LICENSES, Converted
+from ..fields import cli, positive_int
+from ..files import atomic_write_text, sha256_of
+from ..models.weights_file import save_weights, weights_metadata
+from .common import LICENSES, SOURCES, Converted
 from .convert import convert_file
 
-__all__ = ["write_imported", "import_weights", "SIDECAR_SUFFIX", "read_labels"]
-
-from ..deploy.formats import SIDECAR_SUFFIX  # one sidecar name for exports and imports
-MAX_LABELS = 100_000
+__all__ = ["ImportConfig", "write_imported", "import_weights", "run_import", "SIDECAR_SUFFIX", "read_labels"]
 
 
+@dataclass
+class ImportConfig:
+    """``mobilecnn weights import``: which published checkpoint, from where, written where."""
+
+    path: str | Path = field(metadata=cli(
+        ".pth/.pth.tar/.pt/.bin (torch.load weights_only), .safetensors, .h5 (Keras, read with h5py)",
+        positional=True, metavar="FILE"))
+    source: str | None = field(metadata=cli("the library or repository the file comes from", flag="--from",
+                                            required=True, choices=list(SOURCES)))
+    out: str | Path = field(metadata=cli(
+        "output .safetensors (a .mobilecnn.json sidecar is written beside)", required=True))
+    model: str | None = field(default=None, metadata=cli(
+        "registered model name (default: inferred from the tensor shapes)"))
+    variant: str | None = field(default=None, metadata=cli(
+        "timm only: the timm model name (e.g. mobilenetv2_100), checked"))
+    resolution: int | None = field(default=None, metadata=cli(
+        "input side the weights were trained at (default: Keras file name's, else 224)", type=positive_int))
+    labels: str | Path | None = field(default=None, metadata=cli("text file with one class name per line"))
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:
@@ -61,24 +78,28 @@ def write_imported(out: str | Path, conv: Converted, labels: list[str] | None = 
     if not out.name.endswith(".safetensors"):
         raise UsageError(f"--out {out}: the imported weights are written as safetensors; name it *.safetensors")
     desc = description(conv, labels, origin or {})
-    meta = {"format": "mobilecnn", "model": conv.model_name, "num_classes": str(conv.num_classes), "in_chans": "3",
-            "small_input": "False", "model_kwargs": json.dumps(conv.model_kwargs, sort_keys=True),
-            "data": json.dumps(desc["data"]), "source": json.dumps(desc["source"]), "license": desc["license"],
-            "headless": str(conv.headless)}
+    meta = weights_metadata(conv.model_name, conv.num_classes, 3, False, conv.model_kwargs,
+                            data=json.dumps(desc["data"]), source=json.dumps(desc["source"]), license=desc["license"],
+                            headless=str(conv.headless))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(out, conv.state_dict, meta)
     atomic_write_text(Path(str(out) + SIDECAR_SUFFIX), json.dumps(desc, indent=2) + "\n")
     return desc
 
 
-def import_weights(path: str | Path, source: str | None, out: str | Path, *, model: str | None = None,
-                   variant: str | None = None, resolution: int | None = None,
-                   labels: str | Path | None = None) -> dict[str, Any]:
-    """``mobilecnn weights import``: convert ``path`` and write ``out``; returns the description."""
-    conv = convert_file(path, source, model=model, variant=variant, resolution=resolution)
-    names = read_labels(labels, conv.num_classes) if labels is not None else None
-    origin = {"file": Path(path).name, "sha256": sha256_of(path)}
-    desc = write_imported(out, conv, names, origin)
-    desc["out"] = str(out)
-    desc["sidecar"] = str(out) + SIDECAR_SUFFIX
+def import_weights(path: str | Path, source: str | None, out: str | Path, **options: Any) -> dict[str, Any]:
+    """:func:`run_import` of ``ImportConfig(path, source, out, **options)`` (``model``, ``variant``,
+    ``resolution``, ``labels``)."""
+    return run_import(ImportConfig(path, source, out, **options))
+
+
+def run_import(config: ImportConfig) -> dict[str, Any]:
+    """``mobilecnn weights import``: convert ``config.path`` and write ``config.out``; returns the description."""
+    c = config
+    conv = convert_file(c.path, c.source, model=c.model, variant=c.variant, resolution=c.resolution)
+    names = read_labels(c.labels, conv.num_classes) if c.labels is not None else None
+    origin = {"file": Path(c.path).name, "sha256": sha256_of(c.path)}
+    desc = write_imported(c.out, conv, names, origin)
+    desc["out"] = str(c.out)
+    desc["sidecar"] = str(c.out) + SIDECAR_SUFFIX
     return desc

@@ -1,30 +1,19 @@
-"""Load an exported model file and run it: ``load_runtime(path, threads=1)(x) -> logits``.
+"""The runtimes that run exported files: ``Runtime(path, threads)(x) -> logits``.
 
-The runtime is chosen by the file suffix:
+Each class loads one kind of file and runs float32 NCHW batches through it; which class serves which
+suffix is the format table's business (:mod:`mobilecnn.deploy.formats`, whose ``load_runtime`` is the
+entry point). Settings (measured in docs/deployment.md): onnxruntime gets
+``session.intra_op.allow_spinning=0`` (spinning threads hurt on a busy box); OpenVINO defaults to bf16
+on AMX CPUs, so fp32 files are compiled with ``INFERENCE_PRECISION_HINT=f32`` for parity with PyTorch
+(int8 files keep the plugin's default for their remaining float ops); ExecuTorch's thread pool must be
+sized before the program is loaded.
 
-============  ===================================  =========================================
-suffix        runtime                              thread control
-============  ===================================  =========================================
-``.onnx``     onnxruntime, CPU execution provider  ``intra_op_num_threads`` + no spinning
-``.pt/.ts``   TorchScript (``torch.jit.load``)     ``torch.set_num_threads`` (process-wide)
-``.xml``      OpenVINO IR (``.bin`` beside it)     ``INFERENCE_NUM_THREADS``
-``.pte``      ExecuTorch (XNNPACK delegate)        ``_unsafe_reset_threadpool`` (process-wide)
-============  ===================================  =========================================
-
-Settings (measured in docs/deployment.md): onnxruntime gets ``session.intra_op.allow_spinning=0``
-(spinning threads hurt on a busy box); OpenVINO defaults to bf16 on AMX CPUs, so fp32 files are
-compiled with ``INFERENCE_PRECISION_HINT=f32`` for parity with PyTorch (int8 files keep the
-plugin's default for their remaining float ops); ExecuTorch's thread pool must be sized before the
-program is loaded. Asking for more threads than the machine has logical CPUs is refused:
-oversubscription turned a 12 ms forward into 2.2 s.
-
-A missing, corrupt or truncated file raises ``ValueError`` naming the file (``FileNotFoundError``
-when it does not exist); a runtime that is not installed raises :class:`MissingBackendError`.
+A corrupt or truncated file raises ``ValueError`` naming the file; a runtime that is not installed
+raises :class:`MissingBackendError`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -35,78 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MissingBackendError, UsageError
-from .formats import format_for_path
+from .backends import require_backend
 
-__all__ = [
-    "Runtime",
-    "load_runtime",
-    "available_cpus",
-    "require_backend",
-    "bf16_supported",
-]
-
-_INSTALL_HINT = "install the deployment extras: pip install 'mobilecnn[deploy]'"
-
-
-def require_backend(module: str, purpose: str) -> Any:
-    """Import ``module`` or raise :class:`MissingBackendError` telling the user what to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingBackendError(f"{purpose} needs the Python package {module!r}, which is not importable "
-                                  f"({exc}); {_INSTALL_HINT}") from exc
-
-
-_BF16: bool | None = None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def bf16_supported() -> bool:
-    """Whether bf16 inference is worth offering here: OpenVINO is installed and lists ``BF16`` among its
-    CPU capabilities, and the CPU has native bf16 instructions (``avx512_bf16`` or ``amx_bf16``; without
-    them OpenVINO emulates bf16, slower than fp32)."""
-    global _BF16
-    if _BF16 is None:
-        try:
-            import openvino as ov
-            caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        except Exception:  # noqa: BLE001 - not installed, or no CPU plugin
-            caps = []
-        flags = _cpu_flags()
-        _BF16 = "BF16" in caps and bool(flags & {"avx512_bf16", "amx_bf16"})
-    return _BF16
-
-
-def available_cpus() -> int:
-    """Logical CPUs this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def check_threads(threads: object) -> int:
-    """Validate a thread count: an integer from 1 to :func:`available_cpus`."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
-    cpus = available_cpus()
-    if threads > cpus:
-        raise UsageError(
-            f"threads={threads} is more than the {cpus} CPU(s) available: oversubscribed runtimes run "
-            f"orders of magnitude slower; use at most {cpus}"
-        )
-    return threads
+__all__ = ["Runtime", "OnnxRuntime", "TorchScriptRuntime", "OpenVINORuntime", "ExecuTorchRuntime"]
 
 
 class Runtime:
@@ -118,7 +38,7 @@ class Runtime:
 
     backend: str = ""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, trusted: bool = False) -> None:
         self.path = path
         self.threads = threads
         self.static_batch: int | None = None
@@ -158,7 +78,7 @@ class Runtime:
 class OnnxRuntime(Runtime):
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, trusted: bool = False) -> None:
         super().__init__(path, threads)
         ort = require_backend("onnxruntime", "running .onnx files")
         opts = ort.SessionOptions()
@@ -194,7 +114,7 @@ class TorchScriptRuntime(Runtime):
 
     backend = "torchscript"
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, trusted: bool = False) -> None:
         super().__init__(path, threads)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
@@ -219,7 +139,7 @@ class OpenVINORuntime(Runtime):
 
     backend = "openvino"
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, trusted: bool = False) -> None:
         super().__init__(path, threads)
         ov = require_backend("openvino", "running OpenVINO .xml files")
         weights = path.with_suffix(".bin")
@@ -377,33 +297,3 @@ class ExecuTorchRuntime(Runtime):
         if self._dynamic and n <= planned:
             return self._run(x)
         return self._chunked(x, planned)
-
-
-_RUNTIMES: dict[str, type[Runtime]] = {
-    "onnxruntime": OnnxRuntime,
-    "torchscript": TorchScriptRuntime,
-    "openvino": OpenVINORuntime,
-    "executorch": ExecuTorchRuntime,
-}
-
-
-def load_runtime(path: str | Path, threads: int = 1, trusted: bool = False) -> Runtime:
-    """Load an exported model file with the runtime its suffix names (see the module docstring).
-
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` naming the file for an unknown
-    suffix or a corrupt/truncated file, :class:`MissingBackendError` when the runtime is not installed.
-    """
-    path = Path(path)
-    backend = format_for_path(path).runtime
-    threads = check_threads(threads)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        if backend == "executorch":
-            return ExecuTorchRuntime(path, threads, trusted=trusted)
-        return _RUNTIMES[backend](path, threads)
-    except (MissingBackendError, ValueError, FileNotFoundError):
-        raise
-    except Exception as exc:  # each runtime has its own exception types for unreadable files
-        raise ValueError(f"{path}: {backend} could not load this file (corrupt or truncated?): "
-                         f"{type(exc).__name__}: {str(exc)[:500]}") from exc

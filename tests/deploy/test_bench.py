@@ -7,8 +7,16 @@ import json
 import pytest
 import torch
 
-from mobilecnn.bench import REFERENCE_BACKEND, REFERENCE_MODEL, BenchRow, benchmark, time_callable, write_bench_outputs
-from mobilecnn.deploy.runtime import available_cpus
+from mobilecnn.deploy.bench import (
+    REFERENCE_BACKEND,
+    REFERENCE_MODEL,
+    BenchRow,
+    BenchSpec,
+    benchmark,
+)
+from mobilecnn.deploy.bench_report import write_bench_outputs
+from mobilecnn.deploy.timing import time_callable
+from mobilecnn.device import available_cpus
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +36,9 @@ def test_tiny_benchmark_writes_outputs(tmp_path):
         backends.append("onnxruntime")
     except ImportError:
         pass
-    rows = benchmark(["mobilenet_v1_x0_25"], backends, [1], [1], 32, small_input=True, num_classes=10, in_chans=1,
-                     warmup=1, repeats=3, min_time_s=0.0, work_dir=tmp_path / "work")
+    spec = BenchSpec(tuple(backends), (1,), (1,), 32, small_input=True, num_classes=10, in_chans=1, warmup=1,
+                     repeats=3, min_time_s=0.0)
+    rows = benchmark(["mobilenet_v1_x0_25"], spec, work_dir=tmp_path / "work")
     got = {(r.model, r.backend) for r in rows}
     for backend in backends:
         for model in ("mobilenet_v1_x0_25", REFERENCE_MODEL, "torchvision.shufflenet_v2_x1_0"):
@@ -61,11 +70,11 @@ def test_tiny_benchmark_writes_outputs(tmp_path):
 
 def test_benchmark_bad_options():
     with pytest.raises(ValueError, match="accepted: eager"):
-        benchmark(["mobilenet_v1_x0_25"], ["tensorrt"], [1], [1], 32)
+        benchmark(["mobilenet_v1_x0_25"], BenchSpec(("tensorrt",), (1,), (1,), 32))
     with pytest.raises(ValueError, match="CPU"):
-        benchmark(["mobilenet_v1_x0_25"], ["eager"], [available_cpus() + 1], [1], 32)
+        benchmark(["mobilenet_v1_x0_25"], BenchSpec(("eager",), (available_cpus() + 1,), (1,), 32))
     with pytest.raises(ValueError, match="batch"):
-        benchmark(["mobilenet_v1_x0_25"], ["eager"], [1], [0], 32)
+        benchmark(["mobilenet_v1_x0_25"], BenchSpec(("eager",), (1,), (0,), 32))
 
 
 def test_time_callable_counts():
@@ -75,13 +84,14 @@ def test_time_callable_counts():
 
 
 def test_failed_backend_is_a_row_not_an_exception(monkeypatch):
-    import mobilecnn.bench as bench
+    import mobilecnn.deploy.bench as bench
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated compiler crash")
 
     monkeypatch.setattr(bench.torch, "compile", broken)
-    rows = benchmark(["mobilenet_v1_x0_25"], ["compiled"], [1], [1], 32, small_input=True, num_classes=10,
-                     in_chans=1, warmup=0, repeats=1, min_time_s=0.0, references=False)
+    rows = benchmark(["mobilenet_v1_x0_25"], BenchSpec(("compiled",), (1,), (1,), 32, small_input=True, num_classes=10,
+                                                       in_chans=1, warmup=0, repeats=1, min_time_s=0.0,
+                                                       references=False))
     assert len(rows) == 1 and isinstance(rows[0], BenchRow)
     assert rows[0].median_ms is None and "simulated compiler crash" in " ".join(rows[0].notes)

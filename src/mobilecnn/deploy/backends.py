@@ -1,0 +1,65 @@
+"""What this machine can run: importable backends and the CPU's bf16 instructions.
+
+The format table (:mod:`mobilecnn.deploy.formats`) names the modules each format needs; this module only
+answers whether they import and what the CPU offers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import MissingBackendError
+
+__all__ = ["require_backend", "importable", "bf16_supported"]
+
+_INSTALL_HINT = "install the deployment extras: pip install 'mobilecnn[deploy]'"
+
+
+def require_backend(module: str, purpose: str) -> Any:
+    """Import ``module`` or raise :class:`MissingBackendError` telling the user what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingBackendError(f"{purpose} needs the Python package {module!r}, which is not importable "
+                                  f"({exc}); {_INSTALL_HINT}") from exc
+
+
+def importable(*modules: str) -> bool:
+    """Whether every module in ``modules`` imports here."""
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+_BF16: bool | None = None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 inference is worth offering here: OpenVINO is installed and lists ``BF16`` among its
+    CPU capabilities, and the CPU has native bf16 instructions (``avx512_bf16`` or ``amx_bf16``; without
+    them OpenVINO emulates bf16, slower than fp32)."""
+    global _BF16
+    if _BF16 is None:
+        try:
+            import openvino as ov
+            caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except Exception:  # noqa: BLE001 - not installed, or no CPU plugin
+            caps = []
+        flags = _cpu_flags()
+        _BF16 = "BF16" in caps and bool(flags & {"avx512_bf16", "amx_bf16"})
+    return _BF16

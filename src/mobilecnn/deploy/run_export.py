@@ -1,0 +1,163 @@
+"""``mobilecnn export RUN``: a trained run directory to a verified device file, with its own data.
+
+:func:`export_run` reads the run (model, weights, dataset, preprocessing), samples real images of the
+dataset it was trained on -- training images for int8 calibration, held-out images for verification and
+the bf16/int8 accuracy check -- and calls :func:`mobilecnn.deploy.export.export_model` (one format) or
+:func:`mobilecnn.deploy.auto.auto_export` (``--format auto``). Beside the file it writes the
+``<file>.mobilecnn.json`` sidecar (model, labels, preprocessing, verification numbers) that ``predict``
+and ``bench`` read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import Preprocessing, load_data, locate_dataset
+from ..data.names import FASHION_MNIST
+from ..errors import UsageError
+from ..fields import cli, positive_int
+from ..runs.rundir import load_trained
+from ..validators import check_int, check_number, check_positive_int
+from .auto import AutoConfig, auto_candidates, auto_export
+from .export import ExportConfig, ExportImages, export_model
+from .formats import FORMATS, PRECISIONS, SIDECAR_SUFFIX
+
+__all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION", "DEFAULT_AUTO_SECONDS"]
+
+MAX_CALIBRATION = 2048  # int8 calibration holds activations of every image: 60,000 tiny images took 21 GB
+DEFAULT_AUTO_SECONDS = 2.0
+
+
+def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
+                  preprocessing: Preprocessing | dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``count`` preprocessed real images and their labels from a dataset split ("train" or "val");
+    ``preprocessing``: a fine-tuned run's own (see :func:`mobilecnn.data.load_data`)."""
+    # batch 1 for the training split: any dataset with at least one image can be sampled
+    train_loader, val_loader, _ = load_data(data, data_dir=data_dir, resolution=resolution, batch_size=1,
+                                            eval_batch_size=256, seed=seed,
+                                            val_subset=count if split == "val" else None,
+                                            workers=0, preprocessing=preprocessing)
+    loader = val_loader if split == "val" else train_loader
+    xs, ys, n = [], [], 0
+    for x, y in loader.batches(0):
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        if n >= count:
+            break
+    return torch.cat(xs)[:count], torch.cat(ys)[:count]
+
+
+@dataclass(frozen=True)
+class RunExportConfig:
+    """``mobilecnn export RUN``: every option, its default and help (the CLI is generated from it)."""
+
+    run: str = field(default="", metadata=cli("trained run directory (or its model.safetensors)",
+                                              positional=True, metavar="RUN_DIR"))
+    format: str = field(default="", metadata=cli(
+        "a format, or auto: every installed runtime x precision, verified and timed; keeps the fastest",
+        required=True, choices=[*FORMATS, "auto"]))
+    precision: str | None = field(default=None, metadata=cli(
+        "fp32 (default), bf16 (formats offering it, CPUs with bf16), int8 (calibrated on real training images); "
+        "not with --format auto, which tries every precision", choices=list(PRECISIONS)))
+    out: str | None = field(default=None, metadata=cli("output file (default RUN_DIR/export/MODEL[_PRECISION].EXT)"))
+    calibration_data: str | None = field(default=None, metadata=cli(
+        "dataset for int8 calibration (default: the run's training set)"))
+    calibration_count: int = field(default=512, metadata=cli(
+        f"int8 calibration images, 32 to {MAX_CALIBRATION} (256-512 recommended)", type=positive_int))
+    check_count: int = field(default=2000, metadata=cli("held-out images of the bf16/int8 accuracy check",
+                                                        type=positive_int))
+    data_dir: str | None = field(default=None, metadata=cli(
+        "where the run's dataset lies (default: its recorded place)"))
+    max_drop: float = field(default=0.5, metadata=cli(
+        "refuse bf16/int8 losing more top-1 points than this (int8 first tries other calibrations and keeps the "
+        "most sensitive layers in float)"))
+    threads: int = field(default=1, metadata=cli("runtime threads for verification and timing", type=positive_int))
+    batch: int = field(default=1, metadata=cli("auto: batch size the candidates are timed at", type=positive_int))
+    seconds: float | None = field(default=None, metadata=cli("auto: seconds of timing per candidate (default 2)"))
+    candidates: list[str] | None = field(default=None, metadata=cli(
+        f"auto: try only these formats ({', '.join(FORMATS)}; default: every installed one), e.g. the runtimes the "
+        "target device has", nargs="+", choices=list(FORMATS), metavar="FORMAT"))
+
+
+def _check(config: RunExportConfig) -> None:
+    auto = config.format == "auto"
+    if not auto and config.format not in FORMATS:
+        raise UsageError(f"unknown export format {config.format!r}; accepted: {', '.join(FORMATS)}, auto")
+    if auto and config.precision is not None:
+        raise UsageError("--precision does not apply to --format auto, which tries every precision the formats offer; "
+                         "pass --format FORMAT --precision P for one file")
+    if not auto and (config.candidates is not None or config.seconds is not None or config.batch != 1):
+        raise UsageError("--candidates, --seconds and --batch apply to --format auto only")
+    if config.precision is not None and config.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {config.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if config.seconds is not None:
+        check_number(config.seconds, "--seconds", above=0)
+    check_number(config.max_drop, "--max-drop", minimum=0)
+    check_positive_int(config.check_count, "--check-count")
+    if auto or config.precision == "int8":  # calibration keeps every activation: bounded
+        check_int(config.calibration_count, "--calibration-count", minimum=32, maximum=MAX_CALIBRATION,
+                  accepted=f"an integer in [32, {MAX_CALIBRATION}] (256-512 recommended)")
+
+
+def _default_out(config: RunExportConfig, model_name: str, run_dir: Path | None) -> Path:
+    if config.out is not None:
+        out = Path(config.out)
+        if config.format == "auto" and out.suffix.lower() in {s for f in FORMATS.values() for s in f.suffixes}:
+            out = out.with_suffix("")
+        return out
+    base = run_dir if run_dir is not None else Path(config.run).parent
+    if config.format == "auto":
+        return Path(base) / "export" / f"{model_name}_auto"
+    precision = config.precision or "fp32"
+    tag = "" if precision == "fp32" else f"_{precision}"
+    return Path(base) / "export" / f"{model_name}{tag}{FORMATS[config.format].suffix}"
+
+
+def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Export a trained run (``options``: the other :class:`RunExportConfig` fields); returns the export
+    report (or the auto table) plus the sidecar path. Raises on failure, leaving nothing behind."""
+    config = RunExportConfig(run=str(run), format=fmt, out=None if out is None else str(out), **options)
+    _check(config)
+    auto = config.format == "auto"
+    precision = config.precision or "fp32"
+    loaded = load_trained(config.run)
+    info = loaded.data
+    dataset, data_dir = locate_dataset(info.get("name") or FASHION_MNIST, config.data_dir)
+    preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
+    own = info.get("preprocessing")  # a fine-tuned run: its init weights' normalisation
+    checked = precision != "fp32" or auto
+
+    def sample(data: str, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_images(data, data_dir=data_dir, resolution=preprocessing.resolution, split=split, count=count,
+                             preprocessing=own)
+
+    verify, labels = sample(dataset, "val", config.check_count if checked else 256)
+    calibration = sample(config.calibration_data or dataset, "train", config.calibration_count)[0] \
+        if auto or precision == "int8" else None
+    images = ExportImages(verify[:1], verify[:256], calibration, verify if checked else None,
+                          labels if checked else None)
+    sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
+               "format": config.format, "data": info, "preprocessing": preprocessing.to_dict()}
+    notes = []
+    if calibration is not None and len(calibration) < 32:
+        notes.append(f"int8 calibrated on only {len(calibration)} training images (the dataset has no more): "
+                     "ranges may be poor, the accuracy check decides")
+    out_path = _default_out(config, loaded.model_name, loaded.run_dir)
+    if auto:
+        result = auto_export(loaded.model, out_path, images, AutoConfig(
+            max_drop=config.max_drop, threads=config.threads, batch=config.batch,
+            seconds=config.seconds or DEFAULT_AUTO_SECONDS,
+            candidates=None if config.candidates is None else tuple(auto_candidates(config.candidates))), sidecar)
+        result["notes"] = notes
+        if result["kept"]:
+            result["sidecar"] = result["kept"] + SIDECAR_SUFFIX
+        return result
+    report = export_model(loaded.model, out_path, images, ExportConfig(
+        config.format, precision, max_drop=config.max_drop, threads=config.threads), sidecar)
+    report.notes.extend(notes)
+    return {**report.to_dict(), "sidecar": str(Path(str(report.path) + SIDECAR_SUFFIX))}

@@ -1,0 +1,133 @@
+"""Latency measurement shared by ``bench`` and ``export --format auto``.
+
+* :func:`time_callable`: one callable, warm-up then timed calls (``bench``'s rows);
+* :func:`paired_rounds` / :func:`paired_times`: several candidates timed *paired*, in rounds of short
+  bursts in a freshly shuffled order, so a background load hits all of them alike; ratios between them
+  come with a bootstrap 95% interval over rounds (:func:`bootstrap_ratio`);
+* :func:`machine_info`: where the numbers come from (CPU, versions, load average).
+
+Medians moved +-30% between passes on a shared VM: only ratios measured in one run compare.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import torch
+
+from .formats import FORMATS
+from .workers import ChildCrashed
+
+__all__ = ["time_callable", "paired_rounds", "paired_times", "bootstrap_ratio", "machine_info"]
+
+
+def time_callable(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30, min_time_s: float = 1.0,
+                  max_runs: int = 10_000) -> list[float]:
+    """Seconds per call of ``fn``: ``warmup`` untimed calls, then at least ``repeats`` timed calls and
+    at least ``min_time_s`` of timed calls (at most ``max_runs``)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_runs and (len(samples) < repeats or time.perf_counter() - start < min_time_s):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: float = 2.0, min_rounds: int = 5,
+                  max_rounds: int = 200, calls_per_round: int | None = None, burst_s: float = 0.03,
+                  seed: int = 0) -> dict[str, Any]:
+    """Paired latency: each round asks every ``burst(n)`` (seconds of ``n`` calls) once, in a shuffled order.
+
+    Each candidate's burst lasts about ``burst_s`` (5 to 50 calls; ``calls_per_round`` fixes it for all):
+    the first calls after another process ran find the caches cold, so short bursts read slow
+    (docs/deployment.md), and the fast candidates, those that decide, get the longest bursts.
+
+    Returns ``{"rounds", "calls_per_round": {name: n}, "median_ms": {name: ...}, "per_round_ms": {name: [...]},
+    "failed": {name: why}}``; a candidate's latency is the median over rounds of its per-round median.
+    A burst that raises :class:`ChildCrashed` drops that candidate (its reason lands in ``failed``) and
+    the others go on, their rounds still aligned. The budget is about ``seconds`` per candidate.
+    """
+    live = list(bursts)
+    failed: dict[str, str] = {}
+
+    def run(name: str, n: int) -> list[float] | None:
+        try:
+            return bursts[name](n)
+        except ChildCrashed as exc:
+            failed[name] = str(exc)
+            live.remove(name)
+            return None
+
+    probe = {}
+    for name in list(live):
+        out = run(name, 4)  # the first calls compile and allocate; the last one is the probe
+        if out is not None:
+            probe[name] = max(out[-1], 1e-6)
+    if not live:
+        return {"rounds": 0, "calls_per_round": {}, "median_ms": {}, "per_round_ms": {}, "failed": failed}
+    per_round = {n: calls_per_round or max(5, min(50, round(burst_s / probe[n]))) for n in live}
+    round_cost = sum(probe[n] * per_round[n] for n in live)
+    rounds = int(min(max_rounds, max(min_rounds, seconds * len(live) / max(round_cost, 1e-6))))
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {n: [] for n in live}
+    for _ in range(rounds):
+        order = live[:]
+        rng.shuffle(order)
+        for name in order:
+            times = run(name, per_round[name])
+            if times is not None:
+                samples[name].append(1e3 * statistics.median(times))
+    samples = {n: v for n, v in samples.items() if n in live}
+    return {"rounds": rounds, "calls_per_round": {n: per_round[n] for n in live},
+            "median_ms": {n: statistics.median(v) for n, v in samples.items()}, "per_round_ms": samples,
+            "failed": failed}
+
+
+def paired_times(fns: dict[str, Callable[[], Any]], **options: Any) -> dict[str, Any]:
+    """:func:`paired_rounds` for in-process callables (each ``fn()`` is one call)."""
+    def burst_of(fn: Callable[[], Any]) -> Callable[[int], list[float]]:
+        def burst(n: int) -> list[float]:
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return times
+        return burst
+    return paired_rounds({name: burst_of(fn) for name, fn in fns.items()}, **options)
+
+
+def bootstrap_ratio(a: list[float], b: list[float], *, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of the paired per-round ratios a/b with a bootstrap 95% interval."""
+    r = np.asarray(a) / np.asarray(b)
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(r, size=(reps, len(r)), replace=True), axis=1)
+    return float(np.median(r)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers come from: CPU, versions, load average now."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "torch": torch.__version__, "cpus": os.cpu_count(), "loadavg": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    for mod in sorted({f.requires[0].split(".")[0] for f in FORMATS.values() if f.requires}):
+        try:
+            info[mod] = version(mod)
+        except Exception:
+            info[mod] = None
+    return info
