@@ -49,7 +49,10 @@ demo: setup
 # The suite runs in one worker per core (at most 4: each worker holds its own PyTorch and runtimes).
 TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 
+# House habits first (pyproject.toml configures both): lint + import order, then types, then the suite.
 test: setup
+	$(BIN)/ruff check src
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # On a machine with a CUDA GPU: benchmarks/results/gpu_check.json and the GPU-only tests (docs/devices.md).

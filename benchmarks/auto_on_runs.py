@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from mobilecnn.deploy.run_export import export_run
-from mobilecnn.runs.files import atomic_write_text
+from mobilecnn.files import atomic_write_text
 
 
 def one_run(run: Path, work: Path, threads: int, max_drop: float, seconds: float) -> dict:

@@ -10,7 +10,8 @@ Plain counterparts (what a user gets without mobilecnn):
 
 * ``mobilenet_v2_x1_0`` -- torchvision's ``mobilenet_v2`` (same architecture) in eager mode and
   through each runtime's default converter (``torch.onnx.export`` dynamo, ``ov.convert_model`` of the
-  torch module, ``torch.export`` + XNNPACK lowering), BatchNorm statistics made non-trivial;
+  torch module, ``torch.export`` + XNNPACK lowering, ``litert_torch.convert``), BatchNorm statistics
+  made non-trivial;
 * ``shufflenet_v1_g3_x1_0`` and ``mobilenet_v1_x1_0`` -- our own model (BN unfolded) through each
   runtime's default converter.
 
@@ -58,13 +59,14 @@ from mobilecnn import create_model  # noqa: E402
 from mobilecnn.deploy.auto import AutoConfig, auto_export  # noqa: E402
 from mobilecnn.deploy.backends import bf16_supported  # noqa: E402
 from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model  # noqa: E402
+from mobilecnn.deploy.formats import FORMATS as TABLE  # noqa: E402
 from mobilecnn.deploy.formats import load_runtime  # noqa: E402
 from mobilecnn.deploy.timing import bootstrap_ratio  # noqa: E402
-from mobilecnn.runs.files import atomic_write_text  # noqa: E402
+from mobilecnn.files import atomic_write_text  # noqa: E402
 
 MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v1_x1_0"]
 QUICK_MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0"]
-FORMATS = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte"}
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte", "litert": ".tflite"}
 AIM_PATH, AIM_AUTO_VS_PLAIN, AIM_SHUFFLE_VS_V2 = 1.02, 0.55, 0.6
 
 
@@ -118,6 +120,25 @@ def plain_executorch(model: nn.Module, x: torch.Tensor, path: Path):
     p._unsafe_reset_threadpool(THREADS)
     m = p._load_for_executorch(str(path))
     return lambda a: m.forward((torch.from_numpy(a),))
+
+
+def plain_litert(model: nn.Module, x: torch.Tensor, path: Path):
+    """litert-torch's default conversion, run by the LiteRT Interpreter (XNNPACK, one thread)."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    with torch.no_grad():
+        path.write_bytes(bytes(litert_torch.convert(model.eval(), (x,)).model_content()))
+    interp = Interpreter(model_path=str(path), num_threads=THREADS)
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+    def run(a: np.ndarray):
+        interp.set_tensor(inp, a)
+        interp.invoke()
+        return interp.get_tensor(outp)
+
+    return run
 
 
 def eager(model: nn.Module):
@@ -202,18 +223,20 @@ def measure(name: str, res: int, batch: int, rounds: int, calls: int, max_other:
         controls.append(("plain eager, second copy", "plain eager"))
     for fmt, suffix in FORMATS.items():
         try:
-            label = {"onnx": "onnxruntime"}.get(fmt, fmt)
+            label = TABLE[fmt].runtime
             for copy_tag, file_tag in (("", ""), (", second copy", "2")):  # the same plain model, twice
                 if fmt == "onnx":
                     run = plain_onnx(plain, x, work / f"{name}_plain{file_tag}.onnx")
                 elif fmt == "openvino":
                     run = plain_openvino(plain, x)
+                elif fmt == "litert":
+                    run = plain_litert(plain, x, work / f"{name}_plain{file_tag}.tflite")
                 else:
                     run = plain_executorch(plain, x, work / f"{name}_plain{file_tag}.pte")
                 paths[f"plain {label}{copy_tag}"] = run
             controls.append((f"plain {label}, second copy", f"plain {label}"))
             out = work / f"{name}_ours{suffix}"
-            ex = x if fmt == "executorch" else x[:1]
+            ex = x if TABLE[fmt].static_batch else x[:1]
             export_model(ours, out, ExportImages(ex, images[:8]), ExportConfig(fmt))
             rt = load_runtime(out, threads=THREADS, trusted=True)
             paths[f"mobilecnn {label}"] = rt

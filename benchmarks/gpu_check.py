@@ -49,7 +49,7 @@ from mobilecnn.deploy.bench import _device_fn
 from mobilecnn.deploy.timing import time_callable
 from mobilecnn.device import device_summary, resolve_device, set_deterministic, synchronize
 from mobilecnn.errors import UsageError
-from mobilecnn.runs.files import atomic_write_text
+from mobilecnn.files import atomic_write_text
 from mobilecnn.train.config import TrainConfig, resolve
 from mobilecnn.train.distributed import DistContext
 from mobilecnn.train.loop import EpochStats, _setup, evaluate, train_one_epoch

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from mobilecnn import create_model
+from mobilecnn.files import atomic_write_text
 from mobilecnn.layers import ChannelShuffle, channel_shuffle
-from mobilecnn.runs.files import atomic_write_text
 
 
 def timed(fn, repeats: int) -> float:

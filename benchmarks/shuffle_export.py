@@ -44,9 +44,9 @@ from mobilecnn.deploy.backends import bf16_supported  # noqa: E402
 from mobilecnn.deploy.export import ExportConfig, ExportImages  # noqa: E402
 from mobilecnn.deploy.formats import load_runtime  # noqa: E402
 from mobilecnn.deploy.timing import bootstrap_ratio, paired_times  # noqa: E402
+from mobilecnn.files import atomic_write_text  # noqa: E402
 from mobilecnn.layers.blocks import ShuffleNetUnit  # noqa: E402
 from mobilecnn.layers.shuffle import ChannelShuffle, shuffle_order, shuffle_traced_as_gather  # noqa: E402
-from mobilecnn.runs.files import atomic_write_text  # noqa: E402
 
 MODEL = "shufflenet_v1_g3_x1_0"
 CASES = [("onnx", ".onnx", "fp32"), ("onnx", ".onnx", "int8"), ("openvino", ".xml", "fp32"),

@@ -36,8 +36,8 @@ import torch
 import torchvision
 from torch import nn
 
+from mobilecnn.files import atomic_write_text
 from mobilecnn.train import TrainConfig, train
-from mobilecnn.runs.files import atomic_write_text
 
 
 def torchvision_small(name: str, num_classes: int = 10, in_chans: int = 1) -> nn.Module:

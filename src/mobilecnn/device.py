@@ -66,7 +66,7 @@ def _auto_accelerator() -> str | None:
     return "mps" if _mps_available() else None
 
 
-def _unavailable(spec: str, why: str) -> UsageError:
+def _unavailable(spec: str | None, why: str) -> UsageError:
     return UsageError(f"--device {spec} is not available: {why}; available here: {', '.join(available_devices())} "
                       "(or auto)")
 

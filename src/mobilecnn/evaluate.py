@@ -80,7 +80,7 @@ def run_eval(config: EvalConfig, return_logits: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{loaded.weights_file} expects {loaded.model.in_chans}-channel images but {info.name} "
                               f"has {info.in_chans}")
     result = evaluate(loaded.model.to(dev), val_loader, num_classes=info.num_classes, keep_logits=return_logits)
-    per_image = {k: result.pop(k) for k in ("logits", "labels") if k in result}
+    per_image: dict[str, Any] = {k: result.pop(k) for k in ("logits", "labels") if k in result}
     result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
                    "data": info.name, "class_names": info.class_names, "device": str(dev)})
     out = Path(c.out_dir) if c.out_dir else (loaded.run_dir / EVAL_DIR if loaded.run_dir else Path(EVAL_DIR))

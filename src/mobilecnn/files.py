@@ -8,8 +8,8 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "read_json_object", "sha256_of"]
 

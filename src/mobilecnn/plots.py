@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -168,13 +169,15 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         paths[key] = _save(fig, out / f"{key}.png")
-    pairs = [(r, next((o for o in rows if o.model == r.model and not o.shuffle), None)) for r in rows if r.shuffle]
-    pairs = [(a, b) for a, b in pairs if b is not None]
+    found = [(r, next((o for o in rows if o.model == r.model and not o.shuffle), None)) for r in rows if r.shuffle]
+    pairs = [(a, b) for a, b in found if b is not None]
     if pairs:
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         xs = range(len(pairs))
-        ax.bar([x - 0.2 for x in xs], [a.mean for a, _ in pairs], 0.4, yerr=[a.std for a, _ in pairs], label="with shuffle")
-        ax.bar([x + 0.2 for x in xs], [b.mean for _, b in pairs], 0.4, yerr=[b.std for _, b in pairs], label="without shuffle")
+        ax.bar([x - 0.2 for x in xs], [a.mean for a, _ in pairs], 0.4, yerr=[a.std for a, _ in pairs],
+               label="with shuffle")
+        ax.bar([x + 0.2 for x in xs], [b.mean for _, b in pairs], 0.4, yerr=[b.std for _, b in pairs],
+               label="without shuffle")
         ax.set_xticks(list(xs), [a.model.replace("shufflenet_v1_", "") for a, _ in pairs])
         lo = min(min(a.mean, b.mean) for a, b in pairs)
         ax.set(ylabel="top-1 (%)", title="Table 3 ablation on Fashion-MNIST", ylim=(max(0, lo - 5), None))

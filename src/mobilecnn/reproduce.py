@@ -18,9 +18,10 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .analysis.complexity import profile
 from .deploy.bench import BenchSpec, benchmark
@@ -43,7 +44,9 @@ __all__ = ["ReproducePlan", "ReproduceConfig", "QUICK", "FULL", "run_reproduce",
 def _mobilenet_level(baseline: str) -> str:
     """``0.25 MobileNet (41 MFLOPs)``: the width in the model's name, the MFLOPs its paper publishes."""
     width = baseline.rsplit("_x", 1)[1].replace("_", ".")
-    return f"{width} MobileNet ({published(baseline).macs[224]:g} MFLOPs)"
+    pub = published(baseline)
+    assert pub is not None, f"{baseline} is registered with its published figures"
+    return f"{width} MobileNet ({pub.macs[224]:g} MFLOPs)"
 
 
 #: Table 5 levels: (label, the MobileNet V1 baseline, the ShuffleNets of matched complexity).
@@ -57,7 +60,8 @@ TABLE5_LEVELS: list[tuple[str, str, list[str]]] = [
 ]
 #: Table 3: each is trained with and without the shuffle.
 TABLE3_MODELS: list[str] = list(TABLE3_TOP1_ERROR)
-MOBILENET_V2 = ["mobilenet_v2_x0_35", "mobilenet_v2_x0_5", "mobilenet_v2_x0_75", "mobilenet_v2_x1_0", "mobilenet_v2_x1_4"]
+MOBILENET_V2 = ["mobilenet_v2_x0_35", "mobilenet_v2_x0_5", "mobilenet_v2_x0_75", "mobilenet_v2_x1_0",
+                "mobilenet_v2_x1_4"]
 
 
 @dataclass
@@ -220,10 +224,12 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         if cached is not None:
             results[key], seconds = cached
             reused_s += seconds
-            notify("done", {"index": index, "total": len(models), "key": key, "top1": results[key].mean, "reused": True})
+            notify("done", {"index": index, "total": len(models), "key": key, "top1": results[key].mean,
+                            "reused": True})
             continue
         model_started = time.perf_counter()
-        small = create_model(name, num_classes=10, in_chans=1, small_input=True, **({} if shuffle else {"shuffle": False}))
+        no_shuffle: dict[str, Any] = {} if shuffle else {"shuffle": False}
+        small = create_model(name, num_classes=10, in_chans=1, small_input=True, **no_shuffle)
         prof = profile(small, 32)
         pub = published(name)
         res = ModelResult(key, name, shuffle, prof.macs, prof.params, prof.peak_activation_bytes,
@@ -269,7 +275,8 @@ def _finished_model(out: Path, key: str, plan: ReproducePlan) -> tuple[ModelResu
         payload = json.loads(path.read_text())
         recorded, current = payload["plan"], json.loads(json.dumps(asdict(plan)))
         # the training threads change the speed, not what is measured (latency is timed on one thread)
-        if {k: v for k, v in recorded.items() if k != "threads"} != {k: v for k, v in current.items() if k != "threads"}:
+        if ({k: v for k, v in recorded.items() if k != "threads"}
+                != {k: v for k, v in current.items() if k != "threads"}):
             return None
         result = ModelResult(**payload["result"])
         seconds = float(payload["seconds"])
@@ -382,18 +389,20 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
                 margin = r.mean - base.mean
                 best = r if best is None or r.mean > best.mean else best
                 lines.append(f"- **Table 5, {label}**: {s} {_acc(r)} vs {baseline} {_acc(base)} "
-                             f"({margin:+.2f} pt; MACs at 32 px {r.macs_32 / 1e6:.1f} M vs {base.macs_32 / 1e6:.1f} M): "
+                             f"({margin:+.2f} pt; MACs at 32 px {r.macs_32 / 1e6:.1f} M vs "
+                             f"{base.macs_32 / 1e6:.1f} M): "
                              f"the claim that ShuffleNet is more accurate at matched complexity "
                              f"**{_verdict(margin, r, base)}** here.{_latency_txt(r, base)}")
         if best is not None:
-            paper_errors = [results[s].paper_top1_error for s in shufflenets
-                            if s in results and results[s].paper_top1_error is not None]
+            paper_errors = [e for e in (results[s].paper_top1_error for s in shufflenets if s in results)
+                            if e is not None]
             paper = (base.paper_top1_error - min(paper_errors)
                      if paper_errors and base.paper_top1_error is not None else None)
             level_margins.append((label, best.mean - base.mean, paper))
             if v2_macs:
                 v2 = results[_nearest_v2(base.macs_32, v2_macs)]
-                lines.append(f"  MobileNetV2 at the nearest MACs: {v2.model} {_acc(v2)} ({v2.macs_32 / 1e6:.1f} M MACs), "
+                lines.append(f"  MobileNetV2 at the nearest MACs: {v2.model} {_acc(v2)} "
+                             f"({v2.macs_32 / 1e6:.1f} M MACs), "
                              f"{v2.mean - best.mean:+.2f} pt against the best ShuffleNet of this level.")
     if len(level_margins) >= 2:
         smallest, largest = level_margins[0], level_margins[-1]
@@ -403,13 +412,14 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
         lines.append(f"- **Margin grows as models shrink** (best ShuffleNet minus MobileNet per level, from the "
                      f"smallest): {per_level}: **{'held' if grows else 'did not hold'}** here.")
     else:
-        lines.append("- **Margin grows as models shrink**: not tested by this plan (one complexity level; run --full).")
+        lines.append("- **Margin grows as models shrink**: not tested by this plan (one complexity level; "
+                     "run --full).")
     for name in plan.table3:
         on, off = results.get(name), results.get(f"{name}+noshuffle")
         if on and off:
             diff = on.mean - off.mean
-            paper = TABLE3_TOP1_ERROR.get(name)
-            paper_txt = f" (paper: +{paper[1] - paper[0]:.1f} pt on ImageNet)" if paper else ""
+            table3 = TABLE3_TOP1_ERROR.get(name)
+            paper_txt = f" (paper: +{table3[1] - table3[0]:.1f} pt on ImageNet)" if table3 else ""
             lines.append(f"- **Table 3, {name}**: with shuffle {_acc(on)}, without {_acc(off)} "
                          f"({diff:+.2f} pt for the shuffle{paper_txt}): **{_verdict(diff, on, off)}** here.")
     return lines
@@ -430,10 +440,11 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "",
         f"Regenerate: `{cmd}` (this run took {elapsed / 60:.1f} min).",
         "",
-        f"Data: Fashion-MNIST (real, 60k/10k, resized to 32 px), small-input stems. Budget: {budget}. Top-1 on the full "
-        "10,000-image test set, mean ± std over seeds. int8: the seed-0 run through onnxruntime static QDQ, calibrated "
-        f"on {plan.int8_calibration_images:,} training images, beside that run's fp32 top-1, both on {plan.int8_check_images:,} test images. "
-        "Latency: the seed-0 "
+        f"Data: Fashion-MNIST (real, 60k/10k, resized to 32 px), small-input stems. Budget: {budget}. "
+        "Top-1 on the full 10,000-image test set, mean ± std over seeds. int8: the seed-0 run through "
+        "onnxruntime static QDQ, calibrated "
+        f"on {plan.int8_calibration_images:,} training images, beside that run's fp32 top-1, both on "
+        f"{plan.int8_check_images:,} test images. Latency: the seed-0 "
         "run in onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
         "the papers' figures are ImageNet at 224 px.",
         "",
@@ -462,12 +473,12 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         if r.int8_top1 is not None and r.top1:
             fp32 = r.int8_fp32_top1 if r.int8_fp32_top1 is not None else r.top1[0]
             int8 += f" ({fp32:.2f})"  # fp32 of the seed-0 run that was quantized, on the same images
-        lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | {r.peak_activation_bytes / 1024:.0f} | "
+        lines.append(f"| `{r.key}` | {r.macs_32 / 1e6:.2f} | {r.params / 1e6:.3f} | "
+                     f"{r.peak_activation_bytes / 1024:.0f} | "
                      f"{r.mean:.2f}{spread} | {int8} | {'-' if r.latency_ms is None else f'{r.latency_ms:.2f}'} | "
                      + (f"{'-' if r.auto_latency_ms is None else f'{r.auto_latency_ms:.2f}'} ({r.auto_choice}) | "
                         if plan.auto else "")
-                     + 
-                     f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
+                     + f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
                      f"{'-' if r.paper_top1_error is None else f'{r.paper_top1_error:g}'} |")
     lines += ["", "## Plots", ""] + [f"![{k}]({Path(p).name})" for k, p in plots.items()]
     text = "\n".join(lines) + "\n"
@@ -475,5 +486,5 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
     payload = {"plan": asdict(plan), "elapsed_s": elapsed,
                "models": [{**asdict(r), "mean": r.mean, "std": r.std} for r in rows]}
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    return {"report": str(out / "report.md"), "results": str(out / "results.json"), "plots": {k: str(v) for k, v in plots.items()},
-            "elapsed_s": elapsed}
+    return {"report": str(out / "report.md"), "results": str(out / "results.json"),
+            "plots": {k: str(v) for k, v in plots.items()}, "elapsed_s": elapsed}

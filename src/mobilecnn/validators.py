@@ -13,7 +13,8 @@ option, the value and what is accepted::
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .device import available_cpus
 from .errors import MobileCNNError, UsageError

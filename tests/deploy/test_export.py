@@ -16,9 +16,8 @@ from mobilecnn.errors import ExportVerificationError
 from mobilecnn.errors import MissingBackendError
 
 FAMILIES = ["shufflenet_v1_g3_x0_5", "mobilenet_v2_x0_35", "mobilenet_v1_x0_25"]
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml", "executorch": ".pte"}
-PACKAGE = {"onnx": "onnxruntime", "torchscript": "torch", "openvino": "openvino",
-           "executorch": "executorch.extension.pybindings.portable_lib"}
+SUFFIX = {name: fmt.suffix for name, fmt in FORMATS.items()}
+PACKAGE = {name: fmt.requires[0] if fmt.requires else "torch" for name, fmt in FORMATS.items()}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,7 +103,7 @@ def test_export_round_trip(tmp_path, name, fmt):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging files left behind"
     if fmt == "openvino":
         assert path.with_suffix(".bin").is_file()
-    assert report.dynamic_batch == (fmt != "executorch")
+    assert report.dynamic_batch == (not FORMATS[fmt].static_batch)
     runtime = load_runtime(path, threads=1)
     for batch in (1, 3):  # ExecuTorch: static batch 1, the runtime runs 3 images one by one
         x = images(batch, seed=7)
@@ -224,7 +223,7 @@ def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"fmt": "tflite"}, "accepted: onnx, torchscript, openvino, executorch"),
+    ({"fmt": "coreml"}, "accepted: onnx, torchscript, openvino, executorch, litert"),
     ({"fmt": "onnx", "suffix": ".pt"}, "must end in .onnx"),
     ({"fmt": "onnx", "precision": "int8"}, "needs calibration"),
     ({"fmt": "torchscript", "precision": "int8", "calibration": True},
@@ -282,7 +281,7 @@ def test_truncated_export_is_a_value_error(tmp_path, fmt):
 
 def test_load_runtime_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="accepted: .onnx"):
-        load_runtime(tmp_path / "model.tflite")
+        load_runtime(tmp_path / "model.tf")
     with pytest.raises(FileNotFoundError):
         load_runtime(tmp_path / "missing.onnx")
     (tmp_path / "m.onnx").write_bytes(b"x")

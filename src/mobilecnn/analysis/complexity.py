@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -101,8 +101,9 @@ def count_macs(model: nn.Module, resolution: int = 224) -> tuple[int, list[Layer
         def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
             if isinstance(module, nn.Conv2d):
                 macs, kind = _conv_macs(module, out), conv_kind(module)
-            else:
-                macs, kind = module.in_features * module.out_features * (out.numel() // out.shape[-1]), "linear"
+            else:  # the hook is only registered on Conv2d and Linear
+                linear = cast(nn.Linear, module)
+                macs, kind = linear.in_features * linear.out_features * (out.numel() // out.shape[-1]), "linear"
             rows[name] = LayerStats(name, kind, tuple(out.shape), macs, _param_count(module))
             order.append(name)
 
@@ -140,8 +141,9 @@ def count_macs(model: nn.Module, resolution: int = 224) -> tuple[int, list[Layer
             saving=round(standard / inner, 2) if inner else None,
         )
     # Blocks fire their hook after their children; list each block before its layers.
-    ordered = sorted(rows.values(), key=lambda r: (order.index(r.name) if r.kind != "block"
-                                                    else min(order.index(n) for n in rows if n.startswith(r.name + ".")) - 0.5))
+    ordered = sorted(rows.values(), key=lambda r: (
+        order.index(r.name) if r.kind != "block"
+        else min(order.index(n) for n in rows if n.startswith(r.name + ".")) - 0.5))
     total = sum(r.macs for r in rows.values() if r.kind != "block")
     return total, ordered
 
@@ -204,7 +206,8 @@ def peak_activation_bytes(model: nn.Module, resolution: int = 224) -> int:
     return peak
 
 
-def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = False, **model_kwargs: Any) -> ModelProfile:
+def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = False,
+            **model_kwargs: Any) -> ModelProfile:
     """Complexity of ``model`` (a module or a registered name) for one ``resolution`` x ``resolution`` image."""
     if isinstance(model, str):
         model = create_model(model, small_input=small_input, **model_kwargs)

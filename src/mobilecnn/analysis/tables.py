@@ -7,7 +7,7 @@ each model); every "ours" number is counted by :mod:`mobilecnn.analysis.complexi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 from ..fields import cli
 from ..files import atomic_write_text
@@ -35,12 +35,12 @@ class TableRow:
         return 100.0 * (self.macs_m - self.published_macs_m) / self.published_macs_m
 
 
-@lru_cache(maxsize=None)
+@cache
 def _macs(name: str, resolution: int) -> float:
     return count_macs(create_model(name), resolution)[0] / 1e6
 
 
-@lru_cache(maxsize=None)
+@cache
 def _params(name: str) -> float:
     """Params in the convention of the model's published figure."""
     pub = published(name)
@@ -131,7 +131,8 @@ def tables_markdown() -> str:
             diff = "-" if r.diff_percent is None else f"{r.diff_percent:+.1f}%"
             line = f"| {r.label} | `{r.model}` | {r.resolution} | {_fmt(r.macs_m)} | {pub} | {diff} |"
             if show_params:
-                line += f" {_fmt(r.params_m, 2)} | {'-' if r.published_params_m is None else f'{r.published_params_m:g}'} |"
+                pub_params = "-" if r.published_params_m is None else f"{r.published_params_m:g}"
+                line += f" {_fmt(r.params_m, 2)} | {pub_params} |"
             out.append(line)
     return "\n".join(out) + "\n"
 

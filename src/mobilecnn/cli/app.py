@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import exit_code
@@ -20,7 +20,8 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mobilecnn", description="ShuffleNet v1, MobileNetV2 and MobileNet V1: exact models, complexity, training, export."
+        prog="mobilecnn",
+        description="ShuffleNet v1, MobileNetV2 and MobileNet V1: exact models, complexity, training, export.",
     )
     parser.add_argument("--version", action="version", version=f"mobilecnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

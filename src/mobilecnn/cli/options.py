@@ -14,7 +14,8 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..fields import int_list, integer, number, positive_int
 

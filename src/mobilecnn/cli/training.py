@@ -6,8 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from ..evaluate import EvalConfig, run_eval
@@ -24,10 +31,11 @@ class _TrainProgress:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False,
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=err, transient=False,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __call__(self, event: str, info: dict) -> None:
         if event == "start":
@@ -35,7 +43,8 @@ class _TrainProgress:
             data = info["info"]
             err.print(Text(
                 f"{safe(data.name)}: {data.train_size} train / {data.val_size} val images, {data.num_classes} classes, "
-                f"{data.resolution}px | recipe {s['recipe']}: lr {s['lr']:.4g} {s['schedule']}, wd {s['weight_decay']:g}, "
+                f"{data.resolution}px | recipe {s['recipe']}: lr {s['lr']:.4g} {s['schedule']}, "
+                f"wd {s['weight_decay']:g}, "
                 f"label smoothing {s['label_smoothing']:g}, EMA {s['ema'] or 'off'} | {s['world_size']} process(es) x "
                 f"{s['threads_per_process']} thread(s) | device {s.get('device', 'cpu')}"
                 f"{' AMP ' + s['amp_dtype'] if s.get('amp_dtype') else ''}{' compiled' if s.get('compile') else ''}"))
@@ -102,7 +111,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def on_event(event: str, info: dict) -> None:
         if event in ("model", "done") and "models" not in tasks:
@@ -112,13 +121,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         elif event == "train:start":
             if "train" in tasks:
                 progress.remove_task(tasks["train"])
-            tasks["train"] = progress.add_task("  training", total=info["total_steps"], completed=info["step"], stats="")
+            tasks["train"] = progress.add_task("  training", total=info["total_steps"], completed=info["step"],
+                                               stats="")
         elif event == "train:step" and "train" in tasks:
             progress.update(tasks["train"], completed=info["step"],
                             stats=f"loss {info['loss']:.3f} {info['img_per_s']:.0f} img/s")
         elif event == "done":
             reused = " (recorded earlier)" if info.get("reused") else ""
-            progress.update(tasks["models"], completed=info["index"] + 1, stats=f"{info['key']}: {info['top1']:.2f}%{reused}")
+            progress.update(tasks["models"], completed=info["index"] + 1,
+                            stats=f"{info['key']}: {info['top1']:.2f}%{reused}")
 
     with progress:
         summary = run_reproduce(cfg.plan(), cfg.out_dir, progress=on_event)

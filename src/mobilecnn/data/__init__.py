@@ -22,8 +22,16 @@ from .fashion_mnist import DATA_DIR_ENV, DEFAULT_FASHION_MNIST_DIR, FASHION_MNIS
 from .folder import FolderBatches, load_folder, scan_image_folder
 from .images import IMAGE_EXTENSIONS, Preprocessing, load_image, open_image
 from .memory import MAX_IN_MEMORY_BYTES, TensorBatches, load_tensor_dataset
-from .names import (ACCEPTED_DATASETS, DATASETS, FASHION_MNIST, FOLDER_PREFIX, canonical_dataset, dataset_argument,
-                    is_folder_dataset, locate_dataset)
+from .names import (
+    ACCEPTED_DATASETS,
+    DATASETS,
+    FASHION_MNIST,
+    FOLDER_PREFIX,
+    canonical_dataset,
+    dataset_argument,
+    is_folder_dataset,
+    locate_dataset,
+)
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",

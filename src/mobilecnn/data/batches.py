@@ -7,8 +7,9 @@ Every batch is a pure function of ``(seed, epoch, batch index, rank, world_size)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

@@ -60,7 +60,8 @@ def _key(d: dict, name: str) -> Any:
     raise KeyError(name)
 
 
-CIFAR = {
+#: Per variant: folder names, file names, label layout and class count of the binary and python layouts.
+CIFAR: dict[str, dict[str, Any]] = {
     "cifar10": {"bin": "cifar-10-batches-bin", "py": "cifar-10-batches-py", "classes": 10,
                 "bin_train": [f"data_batch_{i}.bin" for i in range(1, 6)], "bin_test": ["test_batch.bin"],
                 "bin_meta": "batches.meta.txt", "label_bytes": 1,

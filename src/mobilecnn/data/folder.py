@@ -6,19 +6,39 @@ import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import DataError
-from .batches import (Batches, DataInfo, Dealing, LoadOptions, check_batch_args, check_global_batch, check_start_step,
-                      plan_epoch_size, seed_of, subset_indices, train_plan)
-from .images import IMAGE_EXTENSIONS, RASTER_FORMATS, Preprocessing, is_image_name, load_image, open_image, train_geometry
+from .batches import (
+    Batches,
+    DataInfo,
+    Dealing,
+    LoadOptions,
+    check_batch_args,
+    check_global_batch,
+    check_start_step,
+    plan_epoch_size,
+    seed_of,
+    subset_indices,
+    train_plan,
+)
+from .images import (
+    IMAGE_EXTENSIONS,
+    RASTER_FORMATS,
+    Preprocessing,
+    is_image_name,
+    load_image,
+    open_image,
+    train_geometry,
+)
 from .names import FOLDER_PREFIX
 
 __all__ = ["FolderBatches", "FolderOptions", "scan_image_folder", "load_folder"]
@@ -199,6 +219,12 @@ class FolderBatches:
     ``options``: the fields of :class:`FolderOptions`.
     """
 
+    # set by plan_epoch_size: batches per epoch, samples per rank; eval: this rank's shard [_start, _stop)
+    _len: int
+    num_samples: int
+    _start: int
+    _stop: int
+
     def __init__(self, samples: Sequence[tuple[str, int]], batch_size: int, *, train: bool, resolution: int,
                  mean: Sequence[float], std: Sequence[float], **options: Any) -> None:
         o = FolderOptions(**options)
@@ -230,8 +256,9 @@ class FolderBatches:
         self.samples = samples
         c = 1 if self.grayscale else 3
         r = self.resolution
-        self.preprocessing = Preprocessing(r, c, tuple(mean), tuple(std), resize="center_crop") if preprocessing is None \
-            else dataclasses.replace(preprocessing, resolution=r, in_chans=c, resize="center_crop")
+        self.preprocessing = (
+            Preprocessing(r, c, tuple(mean), tuple(std), resize="center_crop") if preprocessing is None
+            else dataclasses.replace(preprocessing, resolution=r, in_chans=c, resize="center_crop"))
         self.mean, self.std = self.preprocessing.mean, self.preprocessing.std
         transform = _TrainTransform(self.preprocessing) if self.train else self.preprocessing
         self._dataset = _FolderDataset(samples, transform, self.seed, self.grayscale,
@@ -281,12 +308,14 @@ class FolderBatches:
     def _device_batches(self, plan: list[list[int]], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The accelerator path: one DataLoader whose workers persist across epochs, pinned host batches
         copied without blocking (the copy of batch k+1 overlaps the step on batch k)."""
+        assert self.device is not None, "only called when self._accelerated"
         if self._loader is None:
             self._sampler = _PlanSampler()
             self._loader = torch.utils.data.DataLoader(
                 self._dataset, batch_sampler=self._sampler, num_workers=self.workers, collate_fn=_collate,
                 pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                 prefetch_factor=4 if self.workers > 0 else None, generator=torch.Generator().manual_seed(0))
+        assert self._sampler is not None, "made with the loader"
         self._sampler.plan = [[(i, epoch) for i in b] for b in plan]
         for x, y, bad in self._loader:
             if bad:
@@ -333,7 +362,8 @@ def _warn_skipped(bad: list[tuple[str, str]], where: str, stacklevel: int = 3) -
 
 
 @functools.lru_cache(maxsize=8)
-def _folder_stats(paths: tuple[str, ...], grayscale: bool) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
+def _folder_stats(paths: tuple[str, ...], grayscale: bool
+                  ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
     """Per-channel mean/std from up to ``_FOLDER_STATS_SAMPLES`` train images (a fixed-seed sample,
     decoded at <= 64 px), plus the paths that failed to decode."""
     g = torch.Generator().manual_seed(seed_of("folder-stats"))
@@ -373,8 +403,8 @@ def _checked_splits(root: Path, on_corrupt: str) -> tuple[list[str], dict[str, t
         raise DataError(f"train/ and val/ of {root} have different class folders ({'; '.join(parts)}); "
                         "make both hold the same class folders")
     if len(classes) < 2:
-        raise DataError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}): a classifier needs at least "
-                        "2 classes, one folder each")
+        raise DataError(f"{root / 'train'} has {len(classes)} class folder ({classes[0]}): a classifier needs "
+                        "at least 2 classes, one folder each")
     splits = {}
     for split, samples in (("train", tr_samples), ("val", te_samples)):
         bad = _verify_files(samples)
@@ -391,6 +421,8 @@ def _checked_splits(root: Path, on_corrupt: str) -> tuple[list[str], dict[str, t
 def load_folder(root: Path, options: LoadOptions) -> tuple[Batches, Batches, DataInfo]:
     """``load_data`` for an image folder (``options`` with its resolution and eval batch filled in)."""
     o = options
+    # load_data fills these in and turns a preprocessing dict into a Preprocessing
+    assert o.resolution is not None and o.eval_batch_size is not None and not isinstance(o.preprocessing, dict)
     classes, splits = _checked_splits(root, o.on_corrupt)
     tr_samples, tr_bad = splits["train"]
     te_samples, te_bad = splits["val"]

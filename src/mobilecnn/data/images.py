@@ -63,7 +63,8 @@ def open_image(path: str | os.PathLike, channels: int, draft: int | None = None)
     (from PIL) for unreadable files; the callers turn that into their own message.
     """
     target = "L" if channels == 1 else "RGB"
-    with Image.open(path, formats=RASTER_FORMATS) as im:
+    with Image.open(path, formats=RASTER_FORMATS) as opened:
+        im: Image.Image = opened
         if draft and im.format == "JPEG":
             im.draft(target, (draft, draft))
         im.load()
@@ -151,7 +152,7 @@ class Preprocessing:
             raise DataError("preprocessing channel_order BGR needs in_chans=3")
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "preprocessing") -> "Preprocessing":
+    def from_dict(cls, data: Any, where: str = "preprocessing") -> Preprocessing:
         """Build from a run config's or sidecar's dict, raising :class:`DataError` naming ``where``."""
         if not isinstance(data, dict):
             raise DataError(f"{where}: expected an object with resolution, in_chans, mean and std, got "
@@ -165,7 +166,7 @@ class Preprocessing:
             raise DataError(f"{where}: {exc}") from None
 
     @classmethod
-    def for_dataset(cls, info: dict[str, Any], where: str = "dataset description") -> "Preprocessing":
+    def for_dataset(cls, info: dict[str, Any], where: str = "dataset description") -> Preprocessing:
         """The preprocessing a model trained on a dataset (a ``DataInfo.to_dict()``) is evaluated with."""
         if not isinstance(info, dict):
             raise DataError(f"{where}: expected an object, got {type(info).__name__}")

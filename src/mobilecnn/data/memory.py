@@ -9,16 +9,28 @@ augmentation runs there; random numbers are always drawn on the CPU, so batches 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .batches import (Batches, DataInfo, Dealing, LoadOptions, check_batch_args, check_global_batch, check_start_step,
-                      generator, plan_epoch_size, subset_indices, train_plan)
+from .batches import (
+    Batches,
+    DataInfo,
+    Dealing,
+    LoadOptions,
+    check_batch_args,
+    check_global_batch,
+    check_start_step,
+    generator,
+    plan_epoch_size,
+    subset_indices,
+    train_plan,
+)
 from .cifar import CIFAR, find_cifar, read_cifar
 from .fashion_mnist import FASHION_MNIST_CLASSES, IDX_FILES, fashion_dir, file_key, read_fashion_mnist
 from .images import Preprocessing, resize_square
@@ -55,6 +67,12 @@ class TensorBatches:
     ``options``: the fields of :class:`TensorOptions` (``seed``, ``rank``, ``world_size``, ``channels_last``,
     ``device``, ``pad``, ``flip``).
     """
+
+    # set by plan_epoch_size: batches per epoch, samples per rank; eval: this rank's shard [_start, _stop)
+    _len: int
+    num_samples: int
+    _start: int
+    _stop: int
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], **options: Any) -> None:
@@ -183,6 +201,7 @@ def _prepared(source: tuple, resolution: int, grayscale: bool) -> tuple:
 def load_tensor_dataset(name: str, options: LoadOptions) -> tuple[Batches, Batches, DataInfo]:
     """``load_data`` for an in-memory dataset (``options`` with its resolution and eval batch filled in)."""
     o = options
+    assert o.resolution is not None and o.eval_batch_size is not None, "load_data fills them in"
     grayscale = bool(o.grayscale) and name != FASHION_MNIST
     source = _tensor_source(name, o.data_dir)
     if o.subset is not None and o.subset < 1:

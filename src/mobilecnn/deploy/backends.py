@@ -7,32 +7,29 @@ answers whether they import and what the CPU offers.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from ..errors import MissingBackendError
 
 __all__ = ["require_backend", "importable", "bf16_supported"]
 
-_INSTALL_HINT = "install the deployment extras: pip install 'mobilecnn[deploy]'"
-
-
-def require_backend(module: str, purpose: str) -> Any:
-    """Import ``module`` or raise :class:`MissingBackendError` telling the user what to install."""
+def require_backend(module: str, purpose: str, extra: str = "deploy") -> Any:
+    """Import ``module`` or raise :class:`MissingBackendError` naming the extra that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingBackendError(f"{purpose} needs the Python package {module!r}, which is not importable "
-                                  f"({exc}); {_INSTALL_HINT}") from exc
+                                  f"({exc}); install it with: pip install 'mobilecnn[{extra}]'") from exc
 
 
 def importable(*modules: str) -> bool:
-    """Whether every module in ``modules`` imports here."""
+    """Whether every module in ``modules`` is installed here, found without importing it (importing LiteRT's
+    converter loads jax: seconds of start-up for a question about the installation)."""
     try:
-        for module in modules:
-            importlib.import_module(module)
-    except ImportError:
+        return all(importlib.util.find_spec(module) is not None for module in modules)
+    except (ImportError, ValueError):  # a parent package that is missing or broken
         return False
-    return True
 
 
 _BF16: bool | None = None

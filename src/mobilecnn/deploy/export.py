@@ -156,6 +156,7 @@ class _StagedFile:
     reference: Any
     report: ExportReport
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
 
     def attempt(self, method: str | None, exclude: tuple[str, ...]) -> tuple[Runtime, ExportReport]:
         stage = self.target.parent
@@ -164,7 +165,7 @@ class _StagedFile:
                 p.unlink()
         job = WriteJob(work=Path(tempfile.mkdtemp(prefix="work-", dir=stage)), precision=self.config.precision,
                        calibration=self.images.calibration, method=method, exclude=exclude,
-                       max_batch=self.config.max_batch, opset=self.config.opset)
+                       max_batch=self.config.max_batch, opset=self.config.opset, metadata=self.metadata)
         gather = shuffle_traced_as_gather() if self.fmt.shuffle == "gather" else contextlib.nullcontext()
         with gather:
             written = self.fmt.writer(self.net, self.images.example, self.target, job)
@@ -216,7 +217,8 @@ def export_model(model: nn.Module, out_path: str | Path, images: ExportImages, c
             if images.check is not None and images.check_labels is not None:
                 check = CheckSet(images.check, images.check_labels, logits_of(reference, images.check).argmax(1))
             base = _base_report(out_path, fmt, config, images.example)
-            staged = _StagedFile(fmt, net, stage / out_path.name, images, config, ref, base, base.notes + notes)
+            staged = _StagedFile(fmt, net, stage / out_path.name, images, config, ref, base, base.notes + notes,
+                                 None if sidecar is None else {**sidecar, "precision": config.precision})
             job = PrecisionJob(fmt, config.precision, config.max_drop, config.int8_fallback, net, images.calibration)
             runtime, report = settle_precision(job, staged.attempt, check)
             del runtime

@@ -35,7 +35,8 @@ DYNAMIC_BATCH_MAX = 4096
 class WriteJob:
     """What a writer needs beside the network: ``calibration`` (int8 only) with its ``method`` and the
     module names kept in float (``exclude``); ``max_batch``: a dynamic batch 1..max_batch for a
-    static-batch format; ``work``: a scratch folder inside the staging folder."""
+    static-batch format; ``work``: a scratch folder inside the staging folder; ``metadata``: the sidecar's
+    facts (model, labels, preprocessing), for formats that carry them inside the file (LiteRT)."""
 
     work: Path
     precision: str = "fp32"
@@ -44,6 +45,7 @@ class WriteJob:
     exclude: tuple[str, ...] = ()
     max_batch: int | None = None
     opset: int | None = None
+    metadata: dict[str, Any] | None = None
 
 
 Writer = Callable[[nn.Module, torch.Tensor, Path, WriteJob], list[str]]

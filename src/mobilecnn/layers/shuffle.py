@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -57,9 +57,9 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     output channel ``k = i * g + j`` takes input channel ``j * n + i``. Values are identical for
     contiguous (NCHW) and channels_last inputs, and the output keeps the input's memory format.
     When tracing or exporting only reshape/transpose are used (one gather inside
-    :func:`shuffle_traced_as_gather`), so the op exports to ONNX and every runtime runs it natively (the legacy ONNX exporter has no
-    ``aten::channel_shuffle``); in eager mode small channels_last tensors go to PyTorch's native
-    channel-shuffle kernel (same values, faster).
+    :func:`shuffle_traced_as_gather`), so the op exports to ONNX and every runtime runs it natively (the
+    legacy ONNX exporter has no ``aten::channel_shuffle``); in eager mode small channels_last tensors go
+    to PyTorch's native channel-shuffle kernel (same values, faster).
     """
     if x.dim() != 4:
         raise ValueError(f"channel_shuffle expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
-from ..layers import InvertedResidual, ShuffleNetUnit
+from ..layers import ConvBNAct, InvertedResidual, ShuffleNetUnit
 from ..layers.shuffle import is_tracing
 from ..validators import check_bool, check_positive_int
-
 
 # Upper bounds that keep a typo (num_classes=10**9) from allocating terabytes: ImageNet-21k has 21,841
 # classes; hyperspectral images have a few hundred bands.
@@ -22,6 +23,10 @@ class ClassifierNet(nn.Module):
     ``total_stride`` is the network's downsampling factor; an input smaller than it would be
     reduced to a padding-only feature map, so :meth:`forward` refuses it with a clear message.
     """
+
+    # set by each subclass's __init__
+    features: nn.Sequential
+    classifier: nn.Module  # a Linear, or a Sequential ending in one
 
     def __init__(self, owner: str, in_chans: int, num_classes: int, total_stride: int, small_input: bool) -> None:
         super().__init__()
@@ -77,7 +82,7 @@ class ClassifierNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear with a fresh one for ``num_classes`` classes (fine-tuning)."""
         check_positive_int(num_classes, f"{self.owner}: num_classes", maximum=MAX_NUM_CLASSES)
-        linear = self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier
+        linear = cast(nn.Linear, self.classifier[-1] if isinstance(self.classifier, nn.Sequential) else self.classifier)
         new = nn.Linear(linear.in_features, num_classes)
         if isinstance(self.classifier, nn.Sequential):
             self.classifier[-1] = new
@@ -107,4 +112,4 @@ def init_weights(model: nn.Module, zero_init_residual: bool = True) -> None:
             if isinstance(m, ShuffleNetUnit) and m.stride == 1:
                 nn.init.zeros_(m.expand.bn.weight)
             elif isinstance(m, InvertedResidual) and m.use_residual:
-                nn.init.zeros_(m.block[-1].bn.weight)
+                nn.init.zeros_(cast(ConvBNAct, m.block[-1]).bn.weight)

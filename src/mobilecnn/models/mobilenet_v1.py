@@ -6,6 +6,8 @@ multiplier alpha scales every layer with ``int(c * alpha)`` (section 4.2).
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..layers import ConvBNAct, DepthwiseSeparableConv
@@ -52,7 +54,7 @@ class MobileNetV1(ClassifierNet):
         self.alpha = alpha
         #: options that change the function but not the weights' shapes (imported weights: docs/pretrained.md)
         self.arch = {"act": act, "padding": padding, "bn_eps": float(bn_eps)}
-        arch = {"act": ACTIVATIONS[act], "padding": padding, "bn_eps": bn_eps}
+        arch: dict[str, Any] = {"act": ACTIVATIONS[act], "padding": padding, "bn_eps": bn_eps}
         in_ch = scaled(STEM_CHANNELS)
         layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2, **arch)]
         first_downsample = True
@@ -95,7 +97,8 @@ def mobilenet_v1_x0_75(num_classes: int = 1000, in_chans: int = 3, small_input: 
     return MobileNetV1(0.75, num_classes, in_chans, small_input, dropout, act, padding, bn_eps)
 
 
-@register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 569, 192: 418, 160: 290, 128: 186}, params=4.2, top1_error=29.4))
+@register_model("mobilenet_v1", Published("MobileNet V1 Tables 6/7", {224: 569, 192: 418, 160: 290, 128: 186},
+                                          params=4.2, top1_error=29.4))
 def mobilenet_v1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
                      dropout: float = 0.0, act: str = "relu", padding: str = "symmetric",
                      bn_eps: float = 1e-5) -> MobileNetV1:

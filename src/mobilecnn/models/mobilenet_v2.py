@@ -7,6 +7,8 @@ Widths are rounded with :func:`make_divisible` (divisor 8, the authors' TF-slim 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
@@ -58,7 +60,7 @@ class MobileNetV2(ClassifierNet):
         self.width_mult = width_mult
         #: options that change the function but not the weights' shapes (imported weights: docs/pretrained.md)
         self.arch = {"padding": padding, "bn_eps": float(bn_eps)}
-        arch = {"padding": padding, "bn_eps": bn_eps}
+        arch: dict[str, Any] = {"padding": padding, "bn_eps": bn_eps}
         in_ch = make_divisible(STEM_CHANNELS * width_mult)
         last = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
         layers: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stride=1 if small_input else 2, act=nn.ReLU6, **arch)]
@@ -111,7 +113,8 @@ def mobilenet_v2_x0_75(num_classes: int = 1000, in_chans: int = 3, small_input: 
     return MobileNetV2(0.75, num_classes, in_chans, small_input, dropout, padding, bn_eps)
 
 
-@register_model("mobilenet_v2", _published([300, 221, 154, 99, 56], params=3.47, top1_error=28.0))  # Table 4: 72.0% top-1
+# Table 4: 72.0% top-1
+@register_model("mobilenet_v2", _published([300, 221, 154, 99, 56], params=3.47, top1_error=28.0))
 def mobilenet_v2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
                      dropout: float = 0.2, padding: str = "symmetric", bn_eps: float = 1e-5) -> MobileNetV2:
     """MobileNetV2 width 1."""

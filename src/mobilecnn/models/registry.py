@@ -10,8 +10,9 @@ import difflib
 import fnmatch
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -121,8 +122,9 @@ def create_model(
             f"accepted: num_classes, in_chans, small_input, {', '.join(accepted)}"
         )
     model = entry.builder(num_classes=num_classes, in_chans=in_chans, small_input=small_input, **kwargs)
-    model.model_name = name
-    model.model_kwargs = dict(kwargs)  # recorded in saved weights' metadata (weights_file.py)
+    # nn.Module.__setattr__ takes any value; its stub only admits Tensor | Module
+    model.model_name = name  # type: ignore[assignment]
+    model.model_kwargs = dict(kwargs)  # type: ignore[assignment]  # recorded in saved weights' metadata
     if weights is not None:
         load_weights(weights, model)
     return model

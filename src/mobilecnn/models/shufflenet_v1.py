@@ -4,8 +4,8 @@ Network (Table 1): 3x3 conv s2 -> 3x3 max pool s2 -> Stage 2/3/4 of 4/8/4 :class
 (the first of each with stride 2) -> global average pool -> Linear (with bias; the authors' released
 code has none: +num_classes params).
 
-Channel rule (``shufflenet_v1_channels``, docs/shufflenet_channels.md). The authors released exact lists for g=3 and g=8 (kept
-below as :data:`RELEASED_CHANNELS` and used verbatim). For every other (g, s):
+Channel rule (``shufflenet_v1_channels``, docs/shufflenet_channels.md). The authors released exact lists
+for g=3 and g=8 (kept below as :data:`RELEASED_CHANNELS` and used verbatim). For every other (g, s):
 
 * stage 2 width = Table 1 width x s rounded to the nearest multiple of 4g (ties to the wider
   one), so that the bottleneck (width / 4) is divisible by g; stages 3 and 4 double it;
@@ -21,6 +21,7 @@ Params: the released figures count BN and no classifier bias (g=3 2x: 5.4498M pr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import nn
 
@@ -141,7 +142,7 @@ class ShuffleNetV1(ClassifierNet):
 
 
 # The authors' released params count BN and have no classifier bias (see the module docstring).
-_RELEASED_PARAMS_CONVENTION = {"params_include_bn": True, "params_include_classifier_bias": False}
+_RELEASED_PARAMS_CONVENTION: dict[str, Any] = {"params_include_bn": True, "params_include_classifier_bias": False}
 
 #: Table 2: ImageNet top-1 error (%) by width ("1_0" = 1x) and group count.
 TABLE2_TOP1_ERROR = {
@@ -191,157 +192,182 @@ def _published_for(groups: int, scale_key: str) -> Published | None:
 # Tables 1, 2 and 5 and the released models (_published_for).
 
 
-def _build(groups: int, scale: float, stage_units: tuple[int, int, int] = STAGE_UNITS, channels: tuple[int, int, int, int] | None = None,
-           **kwargs) -> ShuffleNetV1:
+def _build(groups: int, scale: float, stage_units: tuple[int, int, int] = STAGE_UNITS,
+           channels: tuple[int, int, int, int] | None = None, **kwargs) -> ShuffleNetV1:
     return ShuffleNetV1(channels or shufflenet_v1_channels(groups, scale), groups, stage_units, **kwargs)
 
 
 @register_model("shufflenet_v1", _published_for(1, "0_25"))
-def shufflenet_v1_g1_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g1_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                           shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=1."""
     return _build(1, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "0_5"))
-def shufflenet_v1_g1_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g1_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=1."""
     return _build(1, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "1_0"))
-def shufflenet_v1_g1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=1."""
     return _build(1, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "1_5"))
-def shufflenet_v1_g1_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g1_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=1."""
     return _build(1, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "2_0"))
-def shufflenet_v1_g1_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g1_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=1."""
     return _build(1, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "0_25"))
-def shufflenet_v1_g2_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g2_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                           shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=2."""
     return _build(2, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "0_5"))
-def shufflenet_v1_g2_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g2_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=2."""
     return _build(2, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "1_0"))
-def shufflenet_v1_g2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=2."""
     return _build(2, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "1_5"))
-def shufflenet_v1_g2_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g2_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=2."""
     return _build(2, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "2_0"))
-def shufflenet_v1_g2_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g2_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=2."""
     return _build(2, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "0_25"))
-def shufflenet_v1_g3_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g3_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                           shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=3."""
     return _build(3, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "0_5"))
-def shufflenet_v1_g3_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g3_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=3."""
     return _build(3, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "1_0"))
-def shufflenet_v1_g3_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g3_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=3."""
     return _build(3, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "1_5"))
-def shufflenet_v1_g3_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g3_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=3."""
     return _build(3, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "2_0"))
-def shufflenet_v1_g3_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g3_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=3."""
     return _build(3, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "0_25"))
-def shufflenet_v1_g4_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g4_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                           shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=4."""
     return _build(4, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "0_5"))
-def shufflenet_v1_g4_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g4_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=4."""
     return _build(4, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "1_0"))
-def shufflenet_v1_g4_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g4_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=4."""
     return _build(4, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "1_5"))
-def shufflenet_v1_g4_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g4_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=4."""
     return _build(4, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "2_0"))
-def shufflenet_v1_g4_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g4_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=4."""
     return _build(4, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "0_25"))
-def shufflenet_v1_g8_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g8_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                           shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=8."""
     return _build(8, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "0_5"))
-def shufflenet_v1_g8_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g8_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=8."""
     return _build(8, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "1_0"))
-def shufflenet_v1_g8_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g8_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=8."""
     return _build(8, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "1_5"))
-def shufflenet_v1_g8_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g8_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=8."""
     return _build(8, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "2_0"))
-def shufflenet_v1_g8_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False, shuffle: bool = True) -> ShuffleNetV1:
+def shufflenet_v1_g8_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                          shuffle: bool = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=8."""
     return _build(8, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 

@@ -13,6 +13,7 @@ checkpoint's ``model.safetensors``/``ema.safetensors``) and by ``mobilecnn weigh
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from torch import nn
 from ..errors import CheckpointError
 from ..files import atomic_write
 
-__all__ = ["SIDECAR_SUFFIX", "WEIGHTS_FORMAT", "MODEL_KEYS", "weights_metadata", "model_metadata", "written_by_mobilecnn",
-           "described_model", "plain_state", "save_weights", "read_metadata", "load_weights", "check_state_fits"]
+__all__ = ["SIDECAR_SUFFIX", "WEIGHTS_FORMAT", "MODEL_KEYS", "weights_metadata", "model_metadata",
+           "written_by_mobilecnn", "described_model", "plain_state", "save_weights", "read_metadata", "load_weights",
+           "check_state_fits"]
 
 #: The JSON description written beside a model file (an export or an imported weights file): model, labels,
 #: preprocessing, verification numbers; ``predict`` and ``bench`` read it.
@@ -62,7 +64,7 @@ def written_by_mobilecnn(meta: dict[str, str]) -> bool:
     return meta.get("format") == WEIGHTS_FORMAT and bool(meta.get("model"))
 
 
-def described_model(path: str | Path) -> dict[str, Any]:
+def described_model(path: str | os.PathLike) -> dict[str, Any]:
     """What a weights file's metadata says about the model it fits: ``model``, ``num_classes``,
     ``in_chans``, ``small_input`` and ``model_kwargs`` (architecture options such as ``padding``,
     ``bn_eps``, ``act``), each only when recorded. Errors name the file."""
@@ -100,7 +102,7 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dic
         raise OSError(f"could not write {path}: {exc}") from None
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata stored in a safetensors file's header (no tensor is read)."""
     path = Path(path)
     if not path.is_file():
@@ -153,7 +155,7 @@ def _check_described(path: Path, model: nn.Module) -> None:
                               f"create_model({meta.get('model')!r}, weights=...) and the file's own options")
 
 
-def load_weights(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def load_weights(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Read a safetensors weight file; with ``model``, check it belongs to that model, then load it.
 
     Only safetensors is accepted: a pickle (``.pt``/``.pth`` from ``torch.save``) is refused,

@@ -27,8 +27,16 @@ from torch import nn
 from ..errors import CheckpointError
 from ..files import atomic_write_text
 from ..models.weights_file import load_weights, model_metadata, plain_state
-from .layout import (CHECKPOINTS_DIR, EMA_WEIGHTS, LATEST, MODEL_WEIGHTS, STATE_FILE, STATE_TENSORS, STEP_NAME,
-                     checkpoint_name)
+from .layout import (
+    CHECKPOINTS_DIR,
+    EMA_WEIGHTS,
+    LATEST,
+    MODEL_WEIGHTS,
+    STATE_FILE,
+    STATE_TENSORS,
+    STEP_NAME,
+    checkpoint_name,
+)
 
 __all__ = ["LATEST", "save_training_checkpoint", "latest_checkpoint", "load_training_state"]
 

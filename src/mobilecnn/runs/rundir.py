@@ -16,9 +16,10 @@ import fcntl
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, cast
 
 from torch import nn
 
@@ -43,7 +44,7 @@ class LoadedModel:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.data.get("class_names") or [str(i) for i in range(self.model.num_classes)])
+        return list(self.data.get("class_names") or [str(i) for i in range(cast(int, self.model.num_classes))])
 
 
 def _json_field(meta: dict[str, str], key: str, path: Path) -> Any:
@@ -73,9 +74,11 @@ def load_trained(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
     """A model ready for inference (eval mode) from a run directory, checkpoint directory or weight file."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist: pass a run directory made by `mobilecnn train` or a .safetensors file")
+        raise CheckpointError(f"{path} does not exist: pass a run directory made by `mobilecnn train` or a "
+                              ".safetensors file")
     run_dir: Path | None = None
     if path.is_dir():
+        ckpt: Path | None
         if (path / MODEL_WEIGHTS).is_file():  # a checkpoint directory
             ckpt = path
             run_dir = path.parent.parent if path.parent.name == CHECKPOINTS_DIR else None
@@ -83,7 +86,8 @@ def load_trained(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
             ckpt = latest_checkpoint(path)
             if ckpt is None:
                 hint = f" (it holds no {CONFIG_FILE} either)" if not (path / CONFIG_FILE).is_file() else ""
-                raise CheckpointError(f"{path} holds no complete checkpoint{hint}; train first with `mobilecnn train --out {path}`")
+                raise CheckpointError(f"{path} holds no complete checkpoint{hint}; train first with "
+                                      f"`mobilecnn train --out {path}`")
             run_dir = path
         weights_file, kind = _weights_in(ckpt, prefer_ema)
     else:

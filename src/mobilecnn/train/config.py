@@ -55,15 +55,18 @@ RECIPES: dict[str, Recipe] = {
     # ShuffleNet section 4: SGD 0.9, linear decay from 0.5 at batch 1024, wd 4e-5 on weights only,
     # label smoothing 0.1 (authors' code), then one pass re-estimating BN statistics.
     "shufflenet": Recipe("sgd", 0.5, 1024, "linear", 4e-5, 0.1, bn_recalibration=True,
-                         description="ShuffleNet paper: SGD 0.9, lr 0.5@1024 linear decay, wd 4e-5, LS 0.1, BN recalibration"),
+                         description="ShuffleNet paper: SGD 0.9, lr 0.5@1024 linear decay, wd 4e-5, LS 0.1, "
+                                     "BN recalibration"),
     # MobileNetV2 section 6.1: RMSProp (decay 0.9, momentum 0.9), wd 4e-5, lr 0.045 x0.98 per epoch at
     # batch 96; label smoothing 0.1 and EMA 0.9999 as in TF-slim (the EMA decay warms up, see optim.py).
     "mobilenetv2": Recipe("rmsprop", 0.045, 96, "exponential", 4e-5, 0.1, ema=0.9999,
-                          description="MobileNetV2 paper: RMSProp 0.9/0.9, lr 0.045@96 x0.98/epoch, wd 4e-5, LS 0.1, EMA 0.9999"),
+                          description="MobileNetV2 paper: RMSProp 0.9/0.9, lr 0.045@96 x0.98/epoch, wd 4e-5, "
+                                      "LS 0.1, EMA 0.9999"),
     # Fast CPU recipe for small datasets (one-cycle SGD, flip only); how it was tuned is in
     # docs/training.md.
     "fast": Recipe("sgd", 0.3, 64, "onecycle", 5e-5, 0.1, warmup_epochs=0.0, crop_padding=0, batch_size=64,
-                   description="fast CPU recipe: SGD nesterov, one-cycle lr 0.3@64, batch 64, wd 5e-5, LS 0.1, flip only"),
+                   description="fast CPU recipe: SGD nesterov, one-cycle lr 0.3@64, batch 64, wd 5e-5, LS 0.1, "
+                               "flip only"),
 }
 SCHEDULES = ("linear", "cosine", "onecycle", "exponential", "constant")
 MAX_EPOCHS = 100_000
@@ -142,7 +145,8 @@ class TrainConfig:
                 "crop_padding")
         identity = {k: getattr(self, k) for k in keys}
         # fine-tuning settings only when used, so the identity of every other run is unchanged
-        for key, default in (("init", None), ("freeze_backbone", False), ("backbone_lr_scale", 1.0), ("freeze_bn", False)):
+        for key, default in (("init", None), ("freeze_backbone", False), ("backbone_lr_scale", 1.0),
+                             ("freeze_bn", False)):
             if getattr(self, key) != default:
                 identity[key] = getattr(self, key)
         if self.init is not None:  # the file's content, not its name: resuming with other weights is refused

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from ..data.images import Preprocessing
 from ..errors import TrainError
-from ..models import create_model
+from ..models import ClassifierNet, create_model
 from ..models.weights_file import described_model, load_weights, read_metadata, written_by_mobilecnn
 from .optim import param_groups
 
@@ -96,8 +96,9 @@ def build_initialized(init: InitWeights, model_name: str, *, num_classes: int, i
     else:
         load_weights(init.path, model)
     if init.headless or num_classes != init.num_classes:
-        model.reset_classifier(num_classes)
-        linear = model.classifier[-1] if isinstance(model.classifier, nn.Sequential) else model.classifier
+        net = cast(ClassifierNet, model)  # every registered model is one
+        net.reset_classifier(num_classes)
+        linear = cast(nn.Linear, net.classifier[-1] if isinstance(net.classifier, nn.Sequential) else net.classifier)
         nn.init.normal_(linear.weight, 0, 0.01)
         nn.init.zeros_(linear.bias)
     return model, kwargs

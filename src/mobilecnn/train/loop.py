@@ -18,9 +18,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,8 @@ __all__ = ["fit", "train", "train_one_epoch", "evaluate", "EpochStats"]
 
 Callback = Callable[[str, dict[str, Any]], None]
 
+_CPU = torch.device("cpu")
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp: bool = False,
@@ -56,6 +59,8 @@ def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp
     """
     model.eval()
     n_cls = num_classes or getattr(model, "num_classes", None)
+    if n_cls is None:
+        raise TypeError("evaluate: pass num_classes for a model without a num_classes attribute")
     confusion = torch.zeros(n_cls, n_cls, dtype=torch.long)
     correct5 = torch.zeros((), dtype=torch.long)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -68,8 +73,9 @@ def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp
         logits = logits.float().cpu()  # the counts live on the CPU (a no-op there)
         y = y.cpu()
         if not bool(torch.isfinite(logits).all()):
-            raise NonFiniteError(f"the model produced NaN/inf outputs on {int((~torch.isfinite(logits)).any(1).sum())} "
-                                 f"of {len(y)} images: its weights or normalisation are broken; no accuracy is reported")
+            raise NonFiniteError(f"the model produced NaN/inf outputs on "
+                                 f"{int((~torch.isfinite(logits)).any(1).sum())} of {len(y)} images: its weights or "
+                                 "normalisation are broken; no accuracy is reported")
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.argmax(1)
         confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
@@ -156,8 +162,8 @@ class _Run:
         if not all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values() if t.is_floating_point()):
             kept = latest_checkpoint(self.run_dir)
             raise NonFiniteLossError(
-                f"weights became NaN/inf at step {self.step} (epoch {epoch}); stopped without saving them. The last good "
-                f"checkpoint is {kept if kept else 'none'}; lower --lr or disable --amp and resume with --resume")
+                f"weights became NaN/inf at step {self.step} (epoch {epoch}); stopped without saving them. The last "
+                f"good checkpoint is {kept if kept else 'none'}; lower --lr or disable --amp and resume with --resume")
 
     def checkpoint(self, epoch: int, in_epoch: int, stats: EpochStats, serve: str | None = None) -> None:
         self.check_finite_weights(epoch)
@@ -236,7 +242,7 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
 
 
 def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback,
-           device: torch.device = torch.device("cpu")) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
+           device: torch.device = _CPU) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
     s = settings
     init = read_init(cfg.init) if cfg.init else None
     # fine-tuning: the weights' own normalisation (train/finetune.py), at their resolution unless --resolution
@@ -298,7 +304,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
     if ddp.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net, dynamic=False)
+        net = cast(nn.Module, torch.compile(net, dynamic=False))  # an OptimizedModule; the stub says Callable
     run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
                criterion=(SmoothedCrossEntropy(s.label_smoothing) if device.type == "cuda" and cfg.deterministic
                           else nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)),

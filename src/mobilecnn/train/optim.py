@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmup_steps: int, steps_per_epoch: int) -> float:
+def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmup_steps: int,
+                  steps_per_epoch: int) -> float:
     """Learning rate at ``step`` (0-based): a pure function of the step, so resuming needs no scheduler state."""
     if schedule == "onecycle":
         # one-cycle: linear ramp from peak/25 over the first 25%, then cosine down to ~0
@@ -69,6 +71,8 @@ class ModelEma(nn.Module):
     still almost the initial ones. ``state_dict`` keys are ``module.*`` plus ``n_averaged``, the layout
     of ``torch.optim.swa_utils.AveragedModel``.
     """
+
+    n_averaged: torch.Tensor  # a registered buffer
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__()

@@ -43,7 +43,7 @@ class Converted:
     shapes it matches, the architecture options exactness needs (``create_model`` keyword arguments),
     the preprocessing the weights expect, and notes for the user."""
 
-    state_dict: "OrderedDict[str, torch.Tensor]"
+    state_dict: OrderedDict[str, torch.Tensor]
     model_name: str
     source: str
     model_kwargs: dict[str, Any]

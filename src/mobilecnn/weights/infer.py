@@ -4,7 +4,7 @@ closest model and its first mismatching tensor."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -12,10 +12,10 @@ from ..errors import CheckpointError
 
 __all__ = ["model_shapes", "infer_model_name", "first_mismatch", "in_model_order"]
 
-_SHAPES: dict[str, "OrderedDict[str, tuple[int, ...]]"] = {}
+_SHAPES: dict[str, OrderedDict[str, tuple[int, ...]]] = {}
 
 
-def model_shapes(name: str) -> "OrderedDict[str, tuple[int, ...]]":
+def model_shapes(name: str) -> OrderedDict[str, tuple[int, ...]]:
     """``{key: shape}`` of a registered model at 1000 classes, built on the meta device (no memory)."""
     if name not in _SHAPES:
         from ..models import create_model
@@ -85,7 +85,7 @@ def check_fits(state_dict: Mapping[str, torch.Tensor], name: str, ignore_prefixe
         raise CheckpointError(f"the file does not fit {name} (first mismatch: {mismatch})")
 
 
-def _with_classes(ref: "OrderedDict[str, tuple[int, ...]]", num_classes: int | None) -> "OrderedDict[str, tuple]":
+def _with_classes(ref: OrderedDict[str, tuple[int, ...]], num_classes: int | None) -> OrderedDict[str, tuple]:
     if num_classes is None:
         return ref
     out = OrderedDict(ref)
@@ -98,6 +98,6 @@ def _with_classes(ref: "OrderedDict[str, tuple[int, ...]]", num_classes: int | N
     return out
 
 
-def in_model_order(state_dict: Mapping[str, torch.Tensor], name: str) -> "OrderedDict[str, torch.Tensor]":
+def in_model_order(state_dict: Mapping[str, torch.Tensor], name: str) -> OrderedDict[str, torch.Tensor]:
     rank = {k: i for i, k in enumerate(model_shapes(name))}
     return OrderedDict(sorted(state_dict.items(), key=lambda kv: rank.get(kv[0], len(rank))))

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ def _conv(w: np.ndarray, depthwise: bool) -> torch.Tensor:
 
 
 def convert_keras(layers: Mapping[str, Mapping[str, np.ndarray]], resolution: int = 224
-                  ) -> tuple["OrderedDict[str, torch.Tensor]", Converted]:
+                  ) -> tuple[OrderedDict[str, torch.Tensor], Converted]:
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     if "Conv1" in layers:
         family = "mobilenet_v2_"

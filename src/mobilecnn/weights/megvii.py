@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict, defaultdict
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -61,7 +61,7 @@ def unit_permutation(mid: int, groups: int, first_groups: int) -> tuple[list[int
 
 
 def convert_megvii(sd: Mapping[str, torch.Tensor], stage_units: tuple[int, ...] = (4, 8, 4)
-                   ) -> tuple["OrderedDict[str, torch.Tensor]", Converted]:
+                   ) -> tuple[OrderedDict[str, torch.Tensor], Converted]:
     units = sorted({int(m[1]) for k in sd if (m := re.match(r"features\.(\d+)\.branch_main", k))})
     if not units or "first_conv.0.weight" not in sd:
         raise CheckpointError("not a megvii ShuffleNetV1 state_dict (no first_conv / features.N.branch_main_*)")

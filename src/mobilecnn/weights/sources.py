@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pickle
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def load_weights_file(path: str | Path) -> Any:
                      f"{', '.join(TORCH_SUFFIXES + SAFETENSORS_SUFFIXES + H5_SUFFIXES)}")
 
 
-def unwrap_state_dict(obj: Any) -> "OrderedDict[str, torch.Tensor]":
+def unwrap_state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
     """``{'state_dict': ...}`` / ``{'model': ...}`` / ``{'state_dict_ema': ...}`` unwrapped, ``module.``
     (``nn.DataParallel``) stripped; every value must be a tensor."""
     for _ in range(3):
@@ -81,7 +82,7 @@ def unwrap_state_dict(obj: Any) -> "OrderedDict[str, torch.Tensor]":
     return out
 
 
-def read_keras_h5(path: str | Path) -> "OrderedDict[str, OrderedDict[str, np.ndarray]]":
+def read_keras_h5(path: str | Path) -> OrderedDict[str, OrderedDict[str, np.ndarray]]:
     """A Keras-2 layout weights file (the published ``keras.applications`` files; Keras 3 writes it with
     ``keras.src.legacy.saving.legacy_h5_format.save_weights_to_hdf5_group``), read with h5py only.
 
@@ -103,7 +104,8 @@ def read_keras_h5(path: str | Path) -> "OrderedDict[str, OrderedDict[str, np.nda
     def names(group: Any, attr: str) -> list[str]:
         if attr in group.attrs:
             return [text(v) for v in group.attrs[attr]]
-        chunks, i = [], 0
+        chunks: list[str] = []
+        i = 0
         while f"{attr}{i}" in group.attrs:
             chunks.extend(text(v) for v in group.attrs[f"{attr}{i}"])
             i += 1

@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.weights_file import SIDECAR_SUFFIX  # one sidecar name for exports and imports
 from ..errors import UsageError
 from ..fields import cli, positive_int
 from ..files import atomic_write_text, sha256_of
-from ..models.weights_file import save_weights, weights_metadata
+from ..models.weights_file import (
+    SIDECAR_SUFFIX,  # one sidecar name for exports and imports
+    save_weights,
+    weights_metadata,
+)
 from .common import LICENSES, SOURCES, Converted
 from .convert import convert_file
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict, defaultdict
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -58,7 +58,7 @@ def check_variant(variant: str | None) -> str | None:
 
 
 def convert_timm(sd: Mapping[str, torch.Tensor], variant: str | None = None
-                 ) -> tuple["OrderedDict[str, torch.Tensor]", Converted]:
+                 ) -> tuple[OrderedDict[str, torch.Tensor], Converted]:
     check_variant(variant)
     blocks: dict[tuple[int, int], dict[str, torch.Tensor]] = defaultdict(dict)
     top: dict[str, torch.Tensor] = {}
@@ -92,7 +92,8 @@ def convert_timm(sd: Mapping[str, torch.Tensor], variant: str | None = None
         b = blocks[pos]
         unknown = sorted({k.split(".")[0] for k in b} - known)
         if unknown:
-            raise CheckpointError(f"timm block {pos}: parts {unknown} (SE / attention?) have no counterpart in mobilecnn")
+            raise CheckpointError(f"timm block {pos}: parts {unknown} (SE / attention?) have no counterpart in "
+                                  "mobilecnn")
         where = f"block {pos[0]}.{pos[1]}"
         if is_v2 and "conv_pwl.weight" in b:
             for j, (conv, bn) in enumerate((("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -28,7 +28,7 @@ from .common import Converted, imagenet_preprocessing
 __all__ = ["convert_torchvision"]
 
 
-def convert_torchvision(sd: Mapping[str, torch.Tensor]) -> tuple["OrderedDict[str, torch.Tensor]", Converted]:
+def convert_torchvision(sd: Mapping[str, torch.Tensor]) -> tuple[OrderedDict[str, torch.Tensor], Converted]:
     """Map the keys; returns our state_dict and a :class:`Converted` template (model name filled in later)."""
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     projection: dict[str, int] = {}  # block -> index of its plain Conv2d (key order may be sorted)
