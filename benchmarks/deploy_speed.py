@@ -40,8 +40,6 @@ import copy
 import json
 import os
 import platform
-import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -61,7 +59,7 @@ from mobilecnn.deploy.backends import bf16_supported  # noqa: E402
 from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model  # noqa: E402
 from mobilecnn.deploy.formats import FORMATS as TABLE  # noqa: E402
 from mobilecnn.deploy.formats import load_runtime  # noqa: E402
-from mobilecnn.deploy.timing import bootstrap_ratio  # noqa: E402
+from mobilecnn.deploy.timing import bootstrap_ratio, paired_times  # noqa: E402
 from mobilecnn.files import atomic_write_text  # noqa: E402
 
 MODELS = ["mobilenet_v2_x1_0", "shufflenet_v1_g3_x1_0", "mobilenet_v1_x1_0"]
@@ -149,46 +147,14 @@ def eager(model: nn.Module):
 
 
 # ------------------------------------------------------------------------------------- timing
-def _busy_s() -> float:
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _self_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def paired_rounds(paths: dict, x: np.ndarray, rounds: int, calls: int, max_other: float, seed: int = 0) -> dict:
-    names = list(paths)
-    for fn in paths.values():
-        for _ in range(3):
-            fn(x)
-    rng = random.Random(seed)
-    kept: dict[str, list[float]] = {n: [] for n in names}
-    dropped, loads = 0, []
-    for _ in range(rounds):
-        order = names[:]
-        rng.shuffle(order)
-        b0, s0, t0 = _busy_s(), _self_s(), time.perf_counter()
-        this = {}
-        for n in order:
-            fn, ts = paths[n], []
-            for _ in range(calls):
-                a = time.perf_counter()
-                fn(x)
-                ts.append(time.perf_counter() - a)
-            this[n] = 1e3 * statistics.median(ts)
-        wall = time.perf_counter() - t0
-        other = max(0.0, (_busy_s() - b0) - (_self_s() - s0)) / max(wall, 1e-9)
-        loads.append(other)
-        if other > max_other:
-            dropped += 1
-            continue
-        for n, v in this.items():
-            kept[n].append(v)
-    return {"kept": len(next(iter(kept.values()))), "dropped": dropped, "other_load": loads, "per_round_ms": kept}
+    """The library's paired, idle-gated rounds (:func:`mobilecnn.deploy.timing.paired_times`) over ``paths``."""
+    fns = {name: (lambda fn=fn: fn(x)) for name, fn in paths.items()}
+    t = paired_times(fns, min_rounds=rounds, max_rounds=rounds, calls_per_round=calls, max_other_load=max_other,
+                     seed=seed)
+    kept = {n: t["per_round_ms"].get(n, []) for n in paths}
+    return {"kept": rounds - t["dropped"], "dropped": t["dropped"], "other_load": t["other_load"],
+            "per_round_ms": kept}
 
 
 def ratio(t: dict, a: str, b: str) -> list[float] | None:

@@ -6,6 +6,10 @@ import pytest
 from mobilecnn.analysis import ProfileConfig, TablesConfig
 from mobilecnn.cli import main
 from mobilecnn.cli.app import build_parser
+from mobilecnn.data.scenes import ScenesConfig
+from mobilecnn.deploy.bench import BenchConfig
+from mobilecnn.deploy.predict import PredictConfig
+from mobilecnn.deploy.run_export import RunExportConfig
 from mobilecnn.errors import UsageError
 from mobilecnn.evaluate import EvalConfig, evaluate_run
 from mobilecnn.models import ListConfig
@@ -82,10 +86,12 @@ def _subparser(parser, path):
 @pytest.mark.parametrize("path,config", [
     (["train"], TrainConfig), (["eval"], EvalConfig), (["reproduce"], ReproduceConfig), (["profile"], ProfileConfig),
     (["list"], ListConfig), (["tables"], TablesConfig), (["weights", "import"], ImportConfig),
+    (["export"], RunExportConfig), (["bench"], BenchConfig), (["predict"], PredictConfig),
+    (["data", "scenes"], ScenesConfig),
 ])
 def test_every_option_comes_from_the_commands_config(path, config):
     parser = _subparser(build_parser(), path)
-    options = {a.dest for a in parser._actions if a.dest not in ("help", "json")}
+    options = {a.dest for a in parser._actions if a.dest not in ("help", "json", "int8")}  # --int8: an alias
     fields = {f.name: f for f in dataclasses.fields(config) if "cli" in f.metadata}
     assert options == set(fields)
     for action in parser._actions:

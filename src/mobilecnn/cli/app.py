@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import exit_code
-from . import deploy, models, training
+from . import data, deploy, models, training
 from . import weights as weights_cli
 from .console import err, error
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     training.add_parsers(sub)
     deploy.add_parsers(sub)
+    data.add_parsers(sub)
     weights_cli.add_parsers(sub)
     return parser
 

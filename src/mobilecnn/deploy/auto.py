@@ -38,11 +38,16 @@ from ..files import atomic_write_text
 from ..validators import check_number, check_positive_int
 from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, SIDECAR_SUFFIX, Format, installed_formats
+from .precision import DEFAULT_MAX_DROP
 from .staging import staging_folder
 from .timing import bootstrap_ratio, paired_rounds
 from .workers import ChildCrashed, TimingWorker, call_in_child, shared_copy
 
 __all__ = ["AutoConfig", "auto_candidates", "auto_export", "auto_markdown"]
+
+
+#: Seconds of paired timing per candidate.
+DEFAULT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,10 @@ class AutoConfig:
     for about ``seconds`` each; ``candidates``: (format, precision) pairs (default: :func:`auto_candidates`);
     ``check_accuracy=False``: latency only (bf16/int8 not judged); ``keep=False``: the table only."""
 
-    max_drop: float = 0.5
+    max_drop: float = DEFAULT_MAX_DROP
     threads: int = 1
     batch: int = 1
-    seconds: float = 2.0
+    seconds: float = DEFAULT_SECONDS
     candidates: tuple[tuple[str, str], ...] | None = None
     check_accuracy: bool = True
     keep: bool = True

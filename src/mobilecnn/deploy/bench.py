@@ -41,7 +41,6 @@ from .bench_report import BenchRow, check_output_dir, write_bench_outputs
 from .export import ExportConfig, ExportImages, export_model
 from .fold import fold_batchnorm
 from .formats import FORMATS, format_for_runtime, load_runtime
-from .quantize import openvino_int8_risky_convs
 from .timing import time_callable
 
 __all__ = ["BACKENDS", "INT8_BACKENDS", "REFERENCE_BACKEND", "REFERENCE_MODEL", "BenchRow", "BenchSpec", "BenchConfig",
@@ -286,9 +285,10 @@ def _bench_one(target: _Target, backend: str, threads: int, batch: int, ctx: _Co
     if backend.endswith("_int8"):
         notes.append("int8 latency only: accuracy not checked"
                      + (" (random calibration)" if ctx.random_calibration else ""))
-        if backend.startswith("openvino") and openvino_int8_risky_convs(target.module):
-            notes.append("grouped 1x1 convs with 20/30 channels per group (a suspected OpenVINO int8 weak spot, "
-                         "docs/deployment.md): export checks the accuracy and keeps sensitive layers in float")
+        fmt = format_for_runtime(backend[:-len("_int8")])
+        warning = fmt.int8_warning(target.module) if fmt.int8_warning is not None else None
+        if warning:
+            notes.append(warning)
     row = BenchRow(target.name, backend, threads, batch, ctx.spec.resolution, None, None, None, None, target.macs,
                    target.params, reference=target.reference, notes=notes)
     x = torch.randn(batch, target.chans, ctx.spec.resolution, ctx.spec.resolution, generator=ctx.gen)

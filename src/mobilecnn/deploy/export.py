@@ -38,7 +38,7 @@ from ..layers.shuffle import shuffle_traced_as_gather
 from ..validators import check_int, check_number, check_threads
 from .fold import DeployClassifier, deploy_form
 from .formats import SIDECAR_SUFFIX, Format, format_named
-from .precision import CheckSet, PrecisionJob, settle_precision
+from .precision import DEFAULT_MAX_DROP, CheckSet, PrecisionJob, settle_precision
 from .quantize import check_calibration
 from .runtimes import Runtime
 from .staging import commit, staging_folder
@@ -58,7 +58,7 @@ class ExportConfig:
 
     format: str
     precision: str = "fp32"
-    max_drop: float = 0.5
+    max_drop: float = DEFAULT_MAX_DROP
     threads: int = 1
     rtol: float = 1e-4
     max_batch: int | None = None

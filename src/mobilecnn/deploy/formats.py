@@ -50,8 +50,9 @@ class Format:
     ``requires``: modules needed to export and run it; ``int8_requires``: also needed for int8.
     ``precisions``: offered where installed; bf16 also needs ``bf16_available()`` (the CPU's bf16
     instructions). ``static_batch``: its files fix the batch (the example's) unless a ``max_batch`` is
-    asked for. ``shuffle``: how the channel shuffle is traced ("gather" or "reshape";
-    docs/deployment.md measures both per runtime).
+    asked for. ``int8_warning``: a known int8 weak spot of the runtime that ``net`` hits (None: none).
+    ``shuffle``: how the channel shuffle is traced ("gather" or "reshape"; docs/deployment.md measures both
+    per runtime).
     """
 
     name: str
@@ -66,6 +67,7 @@ class Format:
     int8_calibrations: tuple[str, ...] = ()
     bf16_available: Callable[[], bool] | None = None
     static_batch: bool = False
+    int8_warning: Callable[[nn.Module], str | None] | None = None
     shuffle: str = "reshape"
     transforms: tuple[Transform, ...] = ()
     companions: tuple[str, ...] = ()
@@ -109,7 +111,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            int8_scheme="NNCF quantize, PERFORMANCE preset (symmetric s8 per-channel weights, u8/s8 activations as "
                        "NNCF picks)",
            int8_calibrations=quantize.OPENVINO_CALIBRATIONS, bf16_available=bf16_supported, shuffle="gather",
-           companions=(".bin",)),
+           int8_warning=quantize.openvino_int8_warning, companions=(".bin",)),
     Format("executorch", (".pte",), "executorch", writers.write_executorch, runtimes.ExecuTorchRuntime,
            requires=("executorch.extension.pybindings.portable_lib",), precisions=("fp32", "int8"),
            int8_requires=("torchao.quantization.pt2e.quantize_pt2e",),

@@ -19,12 +19,14 @@ from torch import nn
 
 from ..errors import Int8AccuracyError
 from .formats import Format
-from .quantize import Int8Report, evaluate_int8, int8_sensitivity, openvino_int8_risky_convs
+from .quantize import Int8Report, evaluate_int8, int8_sensitivity
 from .runtimes import Runtime
 from .verify import ExportReport
 
-__all__ = ["CheckSet", "Attempt", "settle_precision", "MAX_EXCLUDE_STEPS"]
+__all__ = ["CheckSet", "Attempt", "PrecisionJob", "settle_precision", "DEFAULT_MAX_DROP", "MAX_EXCLUDE_STEPS"]
 
+#: Top-1 points a bf16/int8 file may lose against PyTorch fp32 unless the caller says otherwise.
+DEFAULT_MAX_DROP = 0.5
 #: int8 fallback: at most this many quantize-and-check attempts keeping layers in float.
 MAX_EXCLUDE_STEPS = 5
 
@@ -124,11 +126,8 @@ def _refusal(job: PrecisionJob, attempts: list[dict[str, Any]], last: Int8Report
              name: str) -> Int8AccuracyError:
     tried = "; ".join(f"{a['calibration']}" + (f" + {len(a['float_layers'])} float" if a["float_layers"] else "")
                       + f": drop {a['drop']:+.2f}" for a in attempts)
-    hint = ""
-    risky = openvino_int8_risky_convs(job.net) if job.fmt.name == "openvino" else []
-    if risky:
-        hint = (f"; this model has {len(risky)} grouped 1x1 convs with 20/30 channels per group (e.g. {risky[0]}), "
-                "a suspected OpenVINO int8 weak spot (docs/deployment.md): try another format")
+    warning = job.fmt.int8_warning(job.net) if job.fmt.int8_warning is not None else None
+    hint = f"; {warning}" if warning else ""
     return Int8AccuracyError(
         f"{name}: {job.fmt.name} int8 refused: {last} exceeds max_drop {job.max_drop:g} pt after {len(attempts)} "
         f"attempt(s) ({tried}); the file was deleted{hint}", last)

@@ -130,6 +130,16 @@ def check_calibration(calibration: torch.Tensor | None, example: torch.Tensor) -
     return calibration.detach().float().cpu().clone(memory_format=torch.contiguous_format)
 
 
+def openvino_int8_warning(model: nn.Module) -> str | None:
+    """The OpenVINO grouped-1x1 weak spot (docs/deployment.md), named when ``model`` has such convs."""
+    risky = openvino_int8_risky_convs(model)
+    if not risky:
+        return None
+    return (f"this model has {len(risky)} grouped 1x1 convs with 20/30 channels per group (e.g. {risky[0]}), a "
+            "suspected OpenVINO int8 weak spot (docs/deployment.md): export checks the accuracy and keeps sensitive "
+            "layers in float; try another format")
+
+
 def openvino_int8_risky_convs(model: nn.Module) -> list[str]:
     """Names of grouped 1x1 convs with 20 or 30 output channels per group (the OpenVINO int8 trap)."""
     risky = []

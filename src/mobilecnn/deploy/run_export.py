@@ -22,14 +22,14 @@ from ..errors import UsageError
 from ..fields import cli, positive_int
 from ..runs.rundir import load_trained
 from ..validators import check_int, check_number, check_positive_int
-from .auto import AutoConfig, auto_candidates, auto_export
+from .auto import DEFAULT_SECONDS, AutoConfig, auto_candidates, auto_export
 from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, PRECISIONS, SIDECAR_SUFFIX
+from .precision import DEFAULT_MAX_DROP
 
-__all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION", "DEFAULT_AUTO_SECONDS"]
+__all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION"]
 
 MAX_CALIBRATION = 2048  # int8 calibration holds activations of every image: 60,000 tiny images took 21 GB
-DEFAULT_AUTO_SECONDS = 2.0
 
 
 def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
@@ -73,12 +73,13 @@ class RunExportConfig:
                                                         type=positive_int))
     data_dir: str | None = field(default=None, metadata=cli(
         "where the run's dataset lies (default: its recorded place)"))
-    max_drop: float = field(default=0.5, metadata=cli(
+    max_drop: float = field(default=DEFAULT_MAX_DROP, metadata=cli(
         "refuse bf16/int8 losing more top-1 points than this (int8 first tries other calibrations and keeps the "
         "most sensitive layers in float)"))
     threads: int = field(default=1, metadata=cli("runtime threads for verification and timing", type=positive_int))
     batch: int = field(default=1, metadata=cli("auto: batch size the candidates are timed at", type=positive_int))
-    seconds: float | None = field(default=None, metadata=cli("auto: seconds of timing per candidate (default 2)"))
+    seconds: float | None = field(default=None, metadata=cli(
+        f"auto: seconds of timing per candidate (default {DEFAULT_SECONDS:g})"))
     candidates: list[str] | None = field(default=None, metadata=cli(
         f"auto: try only these formats ({', '.join(FORMATS)}; default: every installed one), e.g. the runtimes the "
         "target device has", nargs="+", choices=list(FORMATS), metavar="FORMAT"))
@@ -151,7 +152,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **optio
     if auto:
         result = auto_export(loaded.model, out_path, images, AutoConfig(
             max_drop=config.max_drop, threads=config.threads, batch=config.batch,
-            seconds=config.seconds or DEFAULT_AUTO_SECONDS,
+            seconds=config.seconds or DEFAULT_SECONDS,
             candidates=None if config.candidates is None else tuple(auto_candidates(config.candidates))), sidecar)
         result["notes"] = notes
         if result["kept"]:

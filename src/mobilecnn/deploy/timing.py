@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -44,9 +45,24 @@ def time_callable(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30, 
     return samples
 
 
+def _busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (``/proc/stat``; 0 where there is none)."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: float = 2.0, min_rounds: int = 5,
                   max_rounds: int = 200, calls_per_round: int | None = None, burst_s: float = 0.03,
-                  seed: int = 0) -> dict[str, Any]:
+                  max_other_load: float | None = None, seed: int = 0) -> dict[str, Any]:
     """Paired latency: each round asks every ``burst(n)`` (seconds of ``n`` calls) once, in a shuffled order.
 
     Each candidate's burst lasts about ``burst_s`` (5 to 50 calls; ``calls_per_round`` fixes it for all):
@@ -56,7 +72,13 @@ def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: f
     Returns ``{"rounds", "calls_per_round": {name: n}, "median_ms": {name: ...}, "per_round_ms": {name: [...]},
     "failed": {name: why}}``; a candidate's latency is the median over rounds of its per-round median.
     A burst that raises :class:`ChildCrashed` drops that candidate (its reason lands in ``failed``) and
-    the others go on, their rounds still aligned. The budget is about ``seconds`` per candidate.
+    the others go on, their rounds still aligned. The budget is about ``seconds`` per candidate
+    (``min_rounds == max_rounds`` fixes the count instead).
+
+    Idle gating (in-process bursts only, :func:`paired_times`: another process's CPU time counts as load):
+    with ``max_other_load`` a round in which other processes used more than that many cores is dropped,
+    since it slowed whichever candidates it happened to hit; ``"dropped"`` counts them and ``"other_load"``
+    lists every round's load.
     """
     live = list(bursts)
     failed: dict[str, str] = {}
@@ -81,15 +103,26 @@ def paired_rounds(bursts: dict[str, Callable[[int], list[float]]], *, seconds: f
     rounds = int(min(max_rounds, max(min_rounds, seconds * len(live) / max(round_cost, 1e-6))))
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {n: [] for n in live}
+    loads, dropped = [], 0
     for _ in range(rounds):
         order = live[:]
         rng.shuffle(order)
+        busy, own, start = _busy_s(), _self_s(), time.perf_counter()
+        this = {}
         for name in order:
             times = run(name, per_round[name])
             if times is not None:
-                samples[name].append(1e3 * statistics.median(times))
-    samples = {n: v for n, v in samples.items() if n in live}
-    return {"rounds": rounds, "calls_per_round": {n: per_round[n] for n in live},
+                this[name] = 1e3 * statistics.median(times)
+        wall = max(time.perf_counter() - start, 1e-9)
+        loads.append(max(0.0, (_busy_s() - busy) - (_self_s() - own)) / wall)
+        if max_other_load is not None and loads[-1] > max_other_load:
+            dropped += 1
+            continue
+        for name, value in this.items():
+            samples[name].append(value)
+    samples = {n: v for n, v in samples.items() if n in live and v}
+    return {"rounds": rounds, "dropped": dropped, "other_load": loads,
+            "calls_per_round": {n: per_round[n] for n in live},
             "median_ms": {n: statistics.median(v) for n, v in samples.items()}, "per_round_ms": samples,
             "failed": failed}
 
