@@ -87,3 +87,29 @@ def test_predict_cli_on_run_and_on_onnx_agree(folder_run, capsys):
     from_onnx = capsys.readouterr().out.splitlines()
     labels = lambda lines: [line.rsplit(" ", 2)[-2] for line in lines]  # noqa: E731  "path: label 97.1%"
     assert len(from_run) == 14 and labels(from_run) == labels(from_onnx)
+
+
+@pytest.mark.slow
+def test_predict_on_exported_tflite_sees_what_eval_sees(folder_run, one_thread):
+    """The LiteRT road end to end: a run exported with --format litert, its sidecar facts inside the .tflite,
+    and predict on the file giving eval's logits."""
+    pytest.importorskip("litert_torch")
+    from mobilecnn.deploy.litert import read_litert_metadata
+
+    root, run = folder_run
+    evaluated = evaluate_run(run, out_dir=root / "eval_litert", return_logits=True, workers=0)
+    exported = export_run(run, "litert", root / "export" / "m.tflite")
+    inside = read_litert_metadata(exported["path"])
+    assert inside["preprocessing"] == exported_sidecar_preprocessing(exported)
+    assert inside["data"]["class_names"] == ["a", "b"]
+    predictor = load_predictor(exported["path"])
+    served = np.stack([predictor.logits(preprocess_image(f, predictor)[None])[0] for f in evaluated["files"]])
+    reference = evaluated["logits"].numpy()
+    assert np.abs(served - reference).max() / np.abs(reference).max() < 1e-4
+    assert (served.argmax(1) == reference.argmax(1)).all()
+
+
+def exported_sidecar_preprocessing(exported: dict) -> dict:
+    import json
+
+    return json.loads(open(exported["sidecar"]).read())["preprocessing"]
