@@ -10,10 +10,19 @@ EXPECTED = (
     + [f"mobilenet_v2_x{w}" for w in ("0_35", "0_5", "0_75", "1_0", "1_3", "1_4")]
     + [f"mobilenet_v1_x{w}" for w in ("0_25", "0_5", "0_75", "1_0")]
 )
+SEGMENTATION = (
+    [f"deeplabv3_mobilenet_v2_x{w}" for w in ("0_35", "0_5", "0_75", "1_0", "1_4")]
+    + [f"deeplabv3_mobilenet_v1_x{w}" for w in ("0_25", "0_5", "0_75", "1_0")]
+    + [f"deeplabv3_shufflenet_v1_g{g}_x{s}" for g in (3, 8) for s in ("0_5", "1_0", "1_5", "2_0")]
+)
 
 
 def test_every_name_is_registered():
-    assert sorted(EXPECTED) == list_models()
+    assert sorted(EXPECTED + SEGMENTATION) == list_models()
+    assert sorted(EXPECTED) == list_models(task="classification")
+    assert list_models("deeplabv3*") == sorted(SEGMENTATION) == list_models(task="segmentation")
+    with pytest.raises(UnknownModelError, match="unknown task"):
+        list_models(task="detection")
 
 
 def test_wildcard_listing():
@@ -31,8 +40,10 @@ def test_unknown_name_lists_closest():
 
 
 def test_unexpected_keyword_is_named():
-    with pytest.raises(TypeError, match="'shufle'.*accepted: .*shuffle"):
+    with pytest.raises(TypeError, match="'shufle'.*accepted: .*shuffle, features_only, out_indices, output_stride"):
         create_model("shufflenet_v1_g3_x1_0", shufle=False)
+    with pytest.raises(TypeError, match="'dropout'.*accepted: num_classes, in_chans, small_input, output_stride, aspp$"):
+        create_model("deeplabv3_mobilenet_v2_x1_0", dropout=0.5)
 
 
 def test_model_name_attached_and_published_lookup():

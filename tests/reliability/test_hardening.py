@@ -338,7 +338,9 @@ def test_fuzz_create_model(name, kwargs):
     side = model.min_input_size
     with torch.no_grad():
         out = model.eval()(torch.randn(1, model.in_chans, side, side))
-    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+    per_pixel = out.dim() == 4  # a segmentation model: logits at the input size
+    assert out.shape == ((1, model.num_classes, side, side) if per_pixel else (1, model.num_classes))
+    assert torch.isfinite(out).all()
 
 
 @given(name=st.sampled_from(["mobilenet_v1_x0_25", "shufflenet_v1_g3_x0_25", "mobilenet_v2_x0_35", "shufflenet_v1_g8_x0_25"]),

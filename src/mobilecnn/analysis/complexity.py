@@ -10,6 +10,10 @@
 * Per layer: name, kind, output shape, MACs, params; for each depthwise-separable block (MobileNet V1
   block, inverted residual, ShuffleNet unit) the cost of a standard K x K conv F^2 D K^2 C, of
   a depthwise separable conv F^2 D (K^2 + C), the block's measured MACs and the saving.
+* Dilated (atrous) convs, two ways (``dilated=``): ``"plain"`` charges the positions the conv outputs;
+  ``"space_to_batch"`` charges what TensorFlow computes, which runs a rate-r conv on the r x r sub-grids of
+  its input padded to ``ceil(H / r)`` rows and ``ceil(W / r)`` columns each, i.e. ``r ceil(H / r)`` by
+  ``r ceil(W / r)`` output positions (what the MobileNetV2 paper's Table 7 MAdds count).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from torch.utils._pytree import tree_flatten
 from ..data.images import MAX_RESOLUTION  # the profiler keeps every activation of a forward alive: GiBs at 2048 px
 from ..fields import cli, positive_int
 from ..layers import DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit
-from ..models import create_model
-from ..validators import check_positive_int
+from ..models import create_model, get_model_entry
+from ..models.base import OUTPUT_STRIDES
+from ..models.deeplab import evaluation_sizes
+from ..models.published import DILATED_COUNTINGS
+from ..validators import check_choice, check_positive_int
 
 __all__ = ["LayerStats", "ModelProfile", "ProfileConfig", "profile", "profile_config", "count_macs",
-           "peak_activation_bytes", "conv_kind"]
+           "peak_activation_bytes", "conv_kind", "evaluation_macs", "DILATED_COUNTINGS"]
 
 _SEPARABLE_BLOCKS = (DepthwiseSeparableConv, InvertedResidual, ShuffleNetUnit)
 
@@ -58,6 +65,10 @@ class ModelProfile:
     params_without_bn: int
     peak_activation_bytes: int
     layers: list[LayerStats] = field(default_factory=list)
+    #: the dilated-conv convention of ``macs`` and ``layers``; ``macs_space_to_batch``: the total the TF way
+    #: (equal to ``macs`` when no conv is dilated)
+    dilated: str = "plain"
+    macs_space_to_batch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,9 +84,15 @@ def conv_kind(conv: nn.Conv2d) -> str:
     return "group_pointwise" if k == 1 else "group_conv"
 
 
-def _conv_macs(conv: nn.Conv2d, out: torch.Tensor) -> int:
+def _conv_macs(conv: nn.Conv2d, out: torch.Tensor, dilated: str = "plain") -> int:
+    """``Ho Wo Cout (Cin / g) kh kw``; a dilated conv counted ``space_to_batch`` is charged ``r ceil(Ho / r)`` by
+    ``r ceil(Wo / r)`` positions (TF pads each of the r x r sub-grids to ``ceil(H / r)`` x ``ceil(W / r)``)."""
     kh, kw = conv.kernel_size
-    return int(out.shape[2] * out.shape[3] * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw)
+    height, width = int(out.shape[2]), int(out.shape[3])
+    if dilated == "space_to_batch":
+        rh, rw = conv.dilation
+        height, width = rh * -(-height // rh), rw * -(-width // rw)
+    return height * width * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw
 
 
 def _param_count(module: nn.Module, recurse: bool = True) -> int:
@@ -83,14 +100,19 @@ def _param_count(module: nn.Module, recurse: bool = True) -> int:
 
 
 def _example_input(model: nn.Module, resolution: int) -> torch.Tensor:
+    """A batch-1 zero image on the model's device (``meta``: shapes only, for counting without computing)."""
     check_positive_int(resolution, "resolution", maximum=MAX_RESOLUTION)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
-    return torch.zeros(1, getattr(model, "in_chans", 3), resolution, resolution, dtype=dtype)
+    device = param.device if param is not None else None
+    return torch.zeros(1, getattr(model, "in_chans", 3), resolution, resolution, dtype=dtype, device=device)
 
 
-def count_macs(model: nn.Module, resolution: int = 224) -> tuple[int, list[LayerStats]]:
-    """MACs of a batch-1 forward at ``resolution`` and the per-layer rows (leaf layers + blocks)."""
+def count_macs(model: nn.Module, resolution: int = 224, dilated: str = "plain") -> tuple[int, list[LayerStats]]:
+    """MACs of a batch-1 forward at ``resolution`` and the per-layer rows (leaf layers + blocks); dilated convs
+    are charged as ``dilated`` says (:data:`DILATED_COUNTINGS`, docs/counting.md). A model on the ``meta``
+    device is counted from shapes alone."""
+    check_choice(dilated, "dilated", DILATED_COUNTINGS)
     x = _example_input(model, resolution)
     rows: dict[str, LayerStats] = {}
     order: list[str] = []
@@ -100,7 +122,7 @@ def count_macs(model: nn.Module, resolution: int = 224) -> tuple[int, list[Layer
     def leaf_hook(name: str):
         def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
             if isinstance(module, nn.Conv2d):
-                macs, kind = _conv_macs(module, out), conv_kind(module)
+                macs, kind = _conv_macs(module, out, dilated), conv_kind(module)
             else:  # the hook is only registered on Conv2d and Linear
                 linear = cast(nn.Linear, module)
                 macs, kind = linear.in_features * linear.out_features * (out.numel() // out.shape[-1]), "linear"
@@ -206,14 +228,34 @@ def peak_activation_bytes(model: nn.Module, resolution: int = 224) -> int:
     return peak
 
 
-def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = False,
+def _is_dilated(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) and max(m.dilation) > 1 for m in model.modules())
+
+
+def evaluation_macs(model: nn.Module, resolution: int, multi_scale_flip: bool = False,
+                    dilated: str = "plain") -> int:
+    """MACs of one evaluation of a segmentation model: one ``resolution`` image or, ``multi_scale_flip`` (the
+    MobileNetV2 paper's MF), the sum over DeepLab's scaled inputs, each also flipped
+    (:func:`~mobilecnn.models.deeplab.evaluation_sizes`). Build the model on the ``meta`` device to count
+    the large inputs from shapes alone."""
+    sizes = evaluation_sizes(resolution, multi_scale_flip)
+    return sum(count_macs(model, size, dilated)[0] * sizes.count(size) for size in dict.fromkeys(sizes))
+
+
+def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = False, dilated: str = "plain",
             **model_kwargs: Any) -> ModelProfile:
-    """Complexity of ``model`` (a module or a registered name) for one ``resolution`` x ``resolution`` image."""
+    """Complexity of ``model`` (a module or a registered name) for one ``resolution`` x ``resolution`` image;
+    ``macs`` and the layer rows charge dilated convs as ``dilated`` says, ``macs_space_to_batch`` is the TF
+    total either way (docs/counting.md)."""
     if isinstance(model, str):
         model = create_model(model, small_input=small_input, **model_kwargs)
     elif not isinstance(model, nn.Module):
         raise TypeError(f"profile expects an nn.Module or a registered model name, got {type(model).__name__}")
-    macs, layers = count_macs(model, resolution)
+    macs, layers = count_macs(model, resolution, dilated)
+    if dilated == "space_to_batch" or not _is_dilated(model):
+        macs_s2b = macs
+    else:
+        macs_s2b = count_macs(model, resolution, "space_to_batch")[0]
     params = _param_count(model)
     bn_params = sum(_param_count(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
     return ModelProfile(
@@ -225,7 +267,13 @@ def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = F
         params_without_bn=params - bn_params,
         peak_activation_bytes=peak_activation_bytes(model, resolution),
         layers=layers,
+        dilated=dilated,
+        macs_space_to_batch=macs_s2b,
     )
+
+
+#: The input side ``mobilecnn profile`` uses by task: DeepLab's 513 crop for segmentation.
+DEFAULT_RESOLUTION = {"classification": 224, "segmentation": 513}
 
 
 @dataclass
@@ -234,17 +282,36 @@ class ProfileConfig:
 
     name: str = field(metadata=cli("registered model name (see `mobilecnn list`)", positional=True, metavar="NAME"))
     resolution: int | None = field(default=None, metadata=cli(
-        "input side in pixels (default: 224, or 32 with --small-input)", type=positive_int))
+        "input side in pixels (default: 224, 513 for a DeepLab model, or 32 with --small-input)", type=positive_int))
     small_input: bool = field(default=False, metadata=cli(
         "the stem for 28-64 px images (stride-1 stem, total stride 8)"))
     in_chans: int = field(default=3, metadata=cli("input channels", type=positive_int))
+    output_stride: int | None = field(default=None, metadata=cli(
+        "dilate to this output stride (a DeepLab model: 16 by default, or 8; a classifier: 8, 16, 32)",
+        choices=list(OUTPUT_STRIDES)))
+    aspp: bool = field(default=False, metadata=cli("a DeepLab model with the ASPP branches (Table 7's ASPP column)"))
+    dilated: str = field(default="plain", metadata=cli(
+        "how dilated convs are charged: at their output ('plain') or as TensorFlow's space-to-batch runs them "
+        "(what the MobileNetV2 paper's Table 7 counts); docs/counting.md", choices=list(DILATED_COUNTINGS)))
 
     @property
     def input_resolution(self) -> int:
-        """The side profiled: ``resolution``, else the stem's usual one (32 small-input, 224 otherwise)."""
-        return self.resolution if self.resolution is not None else (32 if self.small_input else 224)
+        """The side profiled: ``resolution``, else the usual one (32 small-input, 513 segmentation, 224 otherwise)."""
+        if self.resolution is not None:
+            return self.resolution
+        return 32 if self.small_input else DEFAULT_RESOLUTION[get_model_entry(self.name).task]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The builder options given (``output_stride``, ``aspp``), besides the stem and channels."""
+        kwargs: dict[str, Any] = {"in_chans": self.in_chans}
+        if self.output_stride is not None:
+            kwargs["output_stride"] = self.output_stride
+        if self.aspp:
+            kwargs["aspp"] = True
+        return kwargs
 
 
 def profile_config(config: ProfileConfig) -> ModelProfile:
     """:func:`profile` of the model ``config`` describes, at its :attr:`~ProfileConfig.input_resolution`."""
-    return profile(config.name, config.input_resolution, small_input=config.small_input, in_chans=config.in_chans)
+    return profile(config.name, config.input_resolution, small_input=config.small_input, dilated=config.dilated,
+                   **config.model_kwargs())

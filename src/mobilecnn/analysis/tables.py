@@ -1,20 +1,28 @@
 """Regenerate the papers' complexity tables from the registered models, beside the published figures.
 
 Every "published" number comes from :func:`mobilecnn.models.published` (the data kept next to
-each model); every "ours" number is counted by :mod:`mobilecnn.analysis.complexity` on the built model.
+each model; a segmentation model's rows from :func:`mobilecnn.models.published_segmentation`); every "ours"
+number is counted by :mod:`mobilecnn.analysis.complexity` on the built model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cache
 
+import torch
+
 from ..fields import cli
 from ..files import atomic_write_text
-from ..models import create_model, published
-from .complexity import count_macs
+from ..models import PublishedSegmentation, create_model, published
+from ..models.deeplab import TABLE7
+from .complexity import count_macs, evaluation_macs
 
-__all__ = ["TableRow", "TablesConfig", "paper_tables", "tables_markdown", "write_tables"]
+__all__ = ["TableRow", "SegmentationRow", "TablesConfig", "paper_tables", "segmentation_row", "segmentation_table",
+           "tables_markdown", "write_tables", "TABLE7_TITLE"]
+
+TABLE7_TITLE = "MobileNetV2 Table 7: Mobile DeepLabv3 on PASCAL VOC 2012 at 513x513, 21 classes (MAdds, B)"
 
 
 @dataclass
@@ -105,6 +113,66 @@ def paper_tables() -> dict[str, list[TableRow]]:
     return tables
 
 
+@dataclass
+class SegmentationRow:
+    """A published segmentation row beside our counts (``None`` for a network we do not build): params with BN,
+    MAdds of one evaluation (summed over the MF inputs) with dilated convs charged plain and the TF way."""
+
+    published: PublishedSegmentation
+    params_m: float | None
+    macs_plain_b: float | None
+    macs_space_to_batch_b: float | None
+
+    @property
+    def macs_b(self) -> float | None:
+        """Our count in the convention of the published figure."""
+        return self.macs_space_to_batch_b if self.published.counting == "space_to_batch" else self.macs_plain_b
+
+    @property
+    def diff_percent(self) -> float | None:
+        return None if self.macs_b is None else 100.0 * (self.macs_b - self.published.madds_b) / self.published.madds_b
+
+
+@cache
+def segmentation_row(row: PublishedSegmentation) -> SegmentationRow:
+    """Count ``row``'s model (built on the meta device: shapes only, so the 897 px MF inputs cost nothing)."""
+    if row.model is None:
+        return SegmentationRow(row, None, None, None)
+    with torch.device("meta"):
+        model = create_model(row.model, **row.options())
+    macs = [evaluation_macs(model, row.resolution, row.multi_scale_flip, conv) / 1e9
+            for conv in ("plain", "space_to_batch")]
+    return SegmentationRow(row, sum(p.numel() for p in model.parameters()) / 1e6, macs[0], macs[1])
+
+
+def segmentation_table() -> list[SegmentationRow]:
+    """MobileNetV2 Table 7, every row (ResNet-101's without our counts)."""
+    return [segmentation_row(row) for row in TABLE7]
+
+
+def _decimals(step: float) -> int:
+    """Digits after the point of a figure printed to ``step`` (0.01 -> 2, 1 -> 0)."""
+    return max(0, -math.floor(math.log10(step) + 1e-9))
+
+
+def _segmentation_markdown(rows: list[SegmentationRow]) -> list[str]:
+    out = ["", f"## {TABLE7_TITLE}", "",
+           "MAdds: conv multiply-adds of one evaluation, summed over the 12 inputs with MF (scales 0.5-1.75, each",
+           "flipped); dilated convs charged plain (at their output) and as TensorFlow's space-to-batch runs them,",
+           "the convention of the published figures (docs/counting.md). Params include BN.", "",
+           "| network | registry name | OS | ASPP | MF | mIOU | params (M) | published | MAdds plain | MAdds TF "
+           "| published | diff |",
+           "|---|---|---:|:---:|:---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        p = r.published
+        diff = "-" if r.diff_percent is None else f"{r.diff_percent:+.2f}%"
+        out.append(f"| {p.label} | {f'`{p.model}`' if p.model else '-'} | {p.output_stride} | "
+                   f"{'yes' if p.aspp else ''} | {'yes' if p.multi_scale_flip else ''} | {p.miou:.2f} | "
+                   f"{_fmt(r.params_m, 3)} | {p.params_m:g} | {_fmt(r.macs_plain_b, 3)} | "
+                   f"{_fmt(r.macs_space_to_batch_b, 3)} | {_fmt(p.madds_b, _decimals(p.madds_step_b))} | {diff} |")
+    return out
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -134,6 +202,7 @@ def tables_markdown() -> str:
                 pub_params = "-" if r.published_params_m is None else f"{r.published_params_m:g}"
                 line += f" {_fmt(r.params_m, 2)} | {pub_params} |"
             out.append(line)
+    out += _segmentation_markdown(segmentation_table())
     return "\n".join(out) + "\n"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..analysis import ProfileConfig, TablesConfig, profile_config, write_tables
+from ..analysis import ModelProfile, ProfileConfig, TablesConfig, profile_config, write_tables
+from ..analysis.tables import segmentation_row
 from ..errors import UsageError
-from ..models import ListConfig, list_models, published
+from ..models import ListConfig, list_models, published, published_segmentation
 from .console import out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -48,10 +49,31 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         out("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     pub = published(cfg.name)
     ref = pub.macs.get(resolution) if (pub and not cfg.small_input) else None
-    out(f"MACs: {result.macs / 1e6:.2f} M" + (f" (published {ref:g} M)" if ref else ""))
+    out(f"MACs: {result.macs / 1e6:.2f} M" + (f" (published {ref:g} M)" if ref else "")
+        + (f" (dilated convs charged {cfg.dilated}; TF space-to-batch: {result.macs_space_to_batch / 1e6:.2f} M)"
+           if result.macs_space_to_batch != result.macs or cfg.dilated != "plain" else ""))
+    for line in _segmentation_lines(cfg, result):
+        out(line)
     out(f"params: {result.params / 1e6:.3f} M, without BN {result.params_without_bn / 1e6:.3f} M")
     out(f"peak activation memory (batch 1, fp32): {result.peak_activation_bytes / 2**20:.2f} MiB")
     return 0
+
+
+def _segmentation_lines(cfg: ProfileConfig, result: ModelProfile) -> list[str]:
+    """The published table rows of the model as profiled (same output stride, ASPP, input) beside our counts."""
+    if cfg.small_input or cfg.in_chans != 3:
+        return []
+    lines = []
+    for row in published_segmentation(cfg.name):
+        if (row.output_stride, row.aspp, row.resolution) != (cfg.output_stride or 16, cfg.aspp, result.resolution):
+            continue
+        ours = segmentation_row(row)
+        mf = " with multi-scale + flip (summed over its 12 inputs)" if row.multi_scale_flip else ""
+        lines.append(f"{row.source} {row.label} OS{row.output_stride}{' ASPP' if row.aspp else ''}{mf}: published "
+                     f"{row.params_m:g} M params, {row.madds_b:g} B MAdds (mIOU {row.miou:.2f}); counted "
+                     f"{ours.params_m:.3f} M, {ours.macs_space_to_batch_b:.3f} B the TF way, "
+                     f"{ours.macs_plain_b:.3f} B plain (docs/counting.md)")
+    return lines
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:

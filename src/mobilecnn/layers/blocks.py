@@ -5,6 +5,9 @@
 * :class:`DepthwiseSeparableConv` -- MobileNet V1 (arXiv 1704.04861) section 3.1, Figure 3.
 * :class:`InvertedResidual` -- MobileNetV2 (arXiv 1801.04381) section 3.3, Table 1.
 * :class:`ShuffleNetUnit` -- ShuffleNet Figure 2 (b) stride 1 and (c) stride 2.
+
+Every block can run at a smaller stride with its 3x3 convs dilated (``set_stride_dilation``: DeepLab's
+atrous convolution, the weights untouched); ``built_stride`` keeps the stride it was built with.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "make_divisible",
     "PADDINGS",
     "tf_same_pad",
+    "DilatedAvgPool3x3",
 ]
 
 ActFactory = Callable[[], nn.Module] | None
@@ -67,6 +71,18 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def _check_stride(owner: str, stride: int) -> None:
+    if stride not in (1, 2):
+        raise ValueError(f"{owner}: stride must be 1 or 2, got {stride!r}")
+
+
+def _restride(owner: str, built: int, stride: int) -> None:
+    """A block runs at its built stride or, dilated, at stride 1."""
+    if stride not in (1, built):
+        can = "stride 1 only" if built == 1 else f"stride 1 or {built}"
+        raise ValueError(f"{owner}: built with stride {built}, it can run at {can}, not {stride!r}")
 
 
 def _inplace(act: nn.Module) -> nn.Module:
@@ -111,15 +127,9 @@ class ConvBNAct(nn.Sequential):
                 f"ConvBNAct: groups={groups} must divide both in_channels={in_channels} and "
                 f"out_channels={out_channels}"
             )
-        if stride not in (1, 2):
-            raise ValueError(f"ConvBNAct: stride must be 1 or 2, got {stride!r}")
-        # TF "SAME" equals the symmetric padding at stride 1 (odd kernels): only strided convs differ
-        tf_same = padding == "tf_same" and stride > 1
+        _check_stride("ConvBNAct", stride)
         layers: dict[str, nn.Module] = {
-            "conv": nn.Conv2d(
-                in_channels, out_channels, kernel_size, stride, 0 if tf_same else (kernel_size - 1) // 2,
-                groups=groups, bias=False
-            ),
+            "conv": nn.Conv2d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=False),
             "bn": nn.BatchNorm2d(out_channels) if bn_eps == 1e-5 else nn.BatchNorm2d(out_channels, eps=bn_eps),
         }
         if act is not None:
@@ -127,12 +137,50 @@ class ConvBNAct(nn.Sequential):
         super().__init__()
         for name, layer in layers.items():
             self.add_module(name, layer)
-        self.tf_same = (kernel_size, stride) if tf_same else None
+        self.pad_mode, self.built_stride = padding, stride
+        self.tf_same: tuple[int, int] | None = None
+        self.set_stride_dilation(stride, 1)
+
+    @property
+    def dilation(self) -> int:
+        return int(self.conv.dilation[0])
+
+    def set_stride_dilation(self, stride: int, dilation: int) -> None:
+        """Run the conv at ``stride`` with its kernel dilated by ``dilation`` ("same" output size at stride 1;
+        a 1x1 kernel ignores the dilation). TF "SAME" equals the symmetric padding at stride 1 (odd kernels):
+        only strided convs pad as TF does."""
+        _check_stride("ConvBNAct", stride)
+        check_positive_int(dilation, "ConvBNAct: dilation")
+        k = self.conv.kernel_size[0]
+        rate = dilation if k > 1 else 1
+        effective = rate * (k - 1) + 1
+        tf_same = self.pad_mode == "tf_same" and stride > 1
+        self.conv.stride, self.conv.dilation = (stride, stride), (rate, rate)
+        self.conv.padding = (0, 0) if tf_same else ((effective - 1) // 2, (effective - 1) // 2)
+        self.tf_same = (effective, stride) if tf_same else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tf_same is not None:
             x = tf_same_pad(x, *self.tf_same)
         return super().forward(x)
+
+
+class DilatedAvgPool3x3(nn.Module):
+    """3x3 average pool, stride 1, holes of ``dilation`` between the taps, zero padding counted (the
+    ``AvgPool2d(3, padding=1)`` of a ShuffleNet shortcut, dilated); output the size of the input.
+
+    ``nn.AvgPool2d`` has no dilation: the sum of the 9 shifted copies over 9, as two 3-tap sums. No conv, so
+    no MACs (pooling is free in the papers' count)."""
+
+    def __init__(self, dilation: int) -> None:
+        super().__init__()
+        self.dilation = check_positive_int(dilation, "DilatedAvgPool3x3: dilation")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, (h, w) = self.dilation, x.shape[-2:]
+        p = F.pad(x, (d, d, d, d))
+        rows = p[..., :, :w] + p[..., :, d:d + w] + p[..., :, 2 * d:2 * d + w]
+        return (rows[..., :h, :] + rows[..., d:d + h, :] + rows[..., 2 * d:2 * d + h, :]) / 9
 
 
 def group_pointwise_conv(in_channels: int, out_channels: int, groups: int, act: ActFactory = nn.ReLU) -> ConvBNAct:
@@ -163,6 +211,13 @@ class DepthwiseSeparableConv(nn.Module):
         self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels, act=act, padding=padding,
                                    bn_eps=bn_eps)
         self.pointwise = ConvBNAct(in_channels, out_channels, 1, act=act, bn_eps=bn_eps)
+        self.built_stride = stride
+
+    def set_stride_dilation(self, stride: int, dilation: int) -> None:
+        """Run at ``stride`` (1 or the built one) with the depthwise 3x3 dilated by ``dilation``."""
+        _restride("DepthwiseSeparableConv", self.built_stride, stride)
+        self.depthwise.set_stride_dilation(stride, dilation)
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
@@ -179,8 +234,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, act: ActFactory = nn.ReLU6,
                  padding: str = "symmetric", bn_eps: float = 1e-5) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride!r}")
+        _check_stride("InvertedResidual", stride)
         if expand_ratio < 1:
             raise ValueError(f"InvertedResidual: expand_ratio must be >= 1, got {expand_ratio!r}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
@@ -192,6 +246,14 @@ class InvertedResidual(nn.Module):
         layers.append(ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=act, padding=padding, bn_eps=bn_eps))
         layers.append(ConvBNAct(hidden, out_channels, 1, act=None, bn_eps=bn_eps))
         self.block = nn.Sequential(*layers)
+        self.built_stride = stride
+
+    def set_stride_dilation(self, stride: int, dilation: int) -> None:
+        """Run at ``stride`` (1 or the built one) with the depthwise 3x3 dilated by ``dilation``; the residual
+        stays as built (a stride-2 block changes the width, so it has none either way)."""
+        _restride("InvertedResidual", self.built_stride, stride)
+        cast(ConvBNAct, self.block[-2]).set_stride_dilation(stride, dilation)
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
@@ -206,7 +268,8 @@ class ShuffleNetUnit(nn.Module):
 
     * stride 1: ``ReLU(x + branch(x))``; requires ``in_channels == out_channels``.
     * stride 2: ``concat(AvgPool3x3s2(x), ReLU(branch(x)))``; the branch makes
-      ``out_channels - in_channels`` channels.
+      ``out_channels - in_channels`` channels (``concat``). Run at stride 1 (:meth:`set_stride_dilation`), it
+      stays a concat unit: the shortcut pool becomes stride 1 (dilated like the depthwise conv), the size kept.
 
     ``group_first_pointwise=False`` leaves the first 1x1 ungrouped (Stage 2's first unit, section 3.3);
     ``shuffle=False`` removes the shuffle for the Table 3 ablation.
@@ -223,8 +286,7 @@ class ShuffleNetUnit(nn.Module):
         shuffle: bool = True,
     ) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"ShuffleNetUnit: stride must be 1 or 2, got {stride!r}")
+        _check_stride("ShuffleNetUnit", stride)
         if stride == 1 and in_channels != out_channels:
             raise ValueError(
                 f"ShuffleNetUnit: a stride-1 unit adds its input, so in_channels ({in_channels}) must equal "
@@ -249,10 +311,23 @@ class ShuffleNetUnit(nn.Module):
         self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else nn.Identity()
         self.depthwise = ConvBNAct(mid, mid, 3, stride, groups=mid, act=None)
         self.expand = group_pointwise_conv(mid, branch_out, groups, act=None)
-        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+        self.shortcut: nn.Module = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+        self.built_stride, self.concat = stride, stride == 2
+
+    def set_stride_dilation(self, stride: int, dilation: int) -> None:
+        """Run at ``stride`` (1 or the built one) with the depthwise 3x3 and, in a concat unit, the shortcut's
+        3x3 average pool dilated by ``dilation`` (the pool at stride 1 pads to keep the size)."""
+        _restride("ShuffleNetUnit", self.built_stride, stride)
+        self.depthwise.set_stride_dilation(stride, dilation)
+        if self.concat:
+            if stride == 2:
+                self.shortcut = nn.AvgPool2d(3, stride=2, padding=1)
+            else:
+                self.shortcut = nn.AvgPool2d(3, 1, 1) if dilation == 1 else DilatedAvgPool3x3(dilation)
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
-        if self.stride == 1:
+        if not self.concat:
             return F.relu_(x + branch)  # the sum is a fresh tensor: in place is safe
         return torch.cat((self.shortcut(x), F.relu(branch)), dim=1)

@@ -6,14 +6,14 @@ multiplier alpha scales every layer with ``int(c * alpha)`` (section 4.2).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from ..layers import ConvBNAct, DepthwiseSeparableConv
 from ..layers.blocks import check_arch_options
 from ..validators import check_choice, check_number
-from .base import ClassifierNet, init_weights
+from .base import ClassifierNet, FeatureTap, init_weights
 from .published import Published
 from .registry import register_model
 
@@ -68,6 +68,13 @@ class MobileNetV1(ClassifierNet):
         self.num_features = in_ch
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_ch, num_classes))
         init_weights(self)
+
+    def feature_taps(self) -> list[FeatureTap]:
+        """Stage outputs: the last block before each stride-2 block of Table 1 and the last block (timm's five:
+        64, 128, 256, 512, 1024 channels at width 1)."""
+        ends = [i for i in range(1, len(BLOCKS)) if BLOCKS[i][1] == 2] + [len(BLOCKS)]
+        return [FeatureTap(f"features.{i}", cast(DepthwiseSeparableConv, self.features[i]).out_channels)
+                for i in ends]
 
 
 # Published figures: MACs from Tables 6 and 7, params (M) and ImageNet top-1 error (%) from Table 6.

@@ -7,14 +7,14 @@ Widths are rounded with :func:`make_divisible` (divisor 8, the authors' TF-slim 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from ..layers import ConvBNAct, InvertedResidual, make_divisible
 from ..layers.blocks import check_arch_options
 from ..validators import check_number
-from .base import ClassifierNet, init_weights
+from .base import ClassifierNet, FeatureTap, init_weights
 from .published import Published
 from .registry import register_model
 
@@ -79,6 +79,24 @@ class MobileNetV2(ClassifierNet):
         self.num_features = last
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
         init_weights(self)
+
+    def feature_taps(self) -> list[FeatureTap]:
+        """Stage outputs: the last block before each stride-2 row of Table 2 and the last (320-channel) block,
+        timm's five (16, 24, 32, 96, 320 channels at width 1). Then two taps detection heads use: the
+        expansion output of the first 160-channel block (TF's ``layer_15/expansion_output``, 576 channels,
+        before the stride that leads to 32) and the final 1x1 conv (``layer_19``, 1280 channels)."""
+        taps, end, first_of_last_stride2 = [], 0, 0
+        for row, (_, _, n, s) in enumerate(INVERTED_RESIDUAL_SETTING):
+            if s == 2:
+                first_of_last_stride2 = end + 1
+            end += n
+            if row + 1 == len(INVERTED_RESIDUAL_SETTING) or INVERTED_RESIDUAL_SETTING[row + 1][3] == 2:
+                taps.append(FeatureTap(f"features.{end}", cast(InvertedResidual, self.features[end]).out_channels))
+        expansion = cast(InvertedResidual, self.features[first_of_last_stride2]).block[0]
+        taps.append(FeatureTap(f"features.{first_of_last_stride2}.block.0",
+                               cast(ConvBNAct, expansion).conv.out_channels, stage=False))
+        taps.append(FeatureTap(f"features.{end + 1}", self.num_features, stage=False))
+        return taps
 
 
 #: Figures of the MobileNetV2 paper (Table 4 and the width x resolution MAdds grid); params are without

@@ -7,8 +7,9 @@ convention they are compared under is docs/counting.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Published"]
+__all__ = ["Published", "PublishedSegmentation", "DILATED_COUNTINGS"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,55 @@ class Published:
         value = macs / 1e6
         distance = max(lo - value, value - hi, 0.0)
         return distance <= self.macs_tolerance * ref
+
+
+#: How a dilated (atrous) conv is charged (docs/counting.md): ``"plain"`` at its output positions,
+#: ``"space_to_batch"`` as TensorFlow runs it (``r * ceil(H / r)`` by ``r * ceil(W / r)`` positions at rate r).
+DILATED_COUNTINGS = ("plain", "space_to_batch")
+
+
+@dataclass(frozen=True)
+class PublishedSegmentation:
+    """One row of a published segmentation table (MobileNetV2 Table 7): the network, its options and figures.
+
+    ``model`` is the registered name (``None`` for a network mobilecnn does not build, ResNet-101), built with
+    ``output_stride`` and ``aspp``; ``multi_scale_flip`` (MF) sums the MAdds over the evaluation inputs (each
+    scale, each also flipped). ``params_m`` is millions of parameters, BN included (2.1136 M with BN prints
+    2.11, 2.0805 M without does not), ``madds_b`` billions of multiply-adds at ``resolution`` x ``resolution``,
+    ``num_classes`` outputs; ``madds_step_b`` is the precision the figure is printed with (5.8B: 0.1).
+    ``counting`` is the dilated-conv convention the figure is counted in (:data:`DILATED_COUNTINGS`),
+    ``madds_tolerance`` how far (relative to the figure) a count may lie outside the printed interval, with
+    the reason in ``note`` when it is not 0; ``miou`` is PASCAL VOC 2012 val mIOU (%).
+    """
+
+    source: str
+    label: str
+    model: str | None
+    output_stride: int
+    aspp: bool
+    multi_scale_flip: bool
+    miou: float
+    params_m: float
+    madds_b: float
+    madds_step_b: float
+    params_step_m: float = 0.01
+    resolution: int = 513
+    num_classes: int = 21
+    counting: str = "space_to_batch"
+    madds_tolerance: float = 0.0
+    note: str = ""
+
+    def options(self) -> dict[str, Any]:
+        """The builder options of this row's model."""
+        return {"output_stride": self.output_stride, "aspp": self.aspp, "num_classes": self.num_classes}
+
+    def params_matches(self, params: int) -> bool:
+        """Whether a parameter count (BN included) prints as the published figure."""
+        return abs(params / 1e6 - self.params_m) <= self.params_step_m / 2 + 1e-9
+
+    def madds_matches(self, macs: int) -> bool:
+        """Whether a MAdds count (summed over the MF inputs when ``multi_scale_flip``) lies within
+        ``madds_tolerance`` of the printed interval ``[P - step/2, P + step/2]``."""
+        value, half = macs / 1e9, self.madds_step_b / 2
+        distance = max(self.madds_b - half - value, value - self.madds_b - half, 0.0)
+        return distance <= self.madds_tolerance * self.madds_b + 1e-9

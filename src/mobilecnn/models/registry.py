@@ -1,7 +1,10 @@
 """Model registry: ``@register_model``, ``create_model(name, weights=...)``, ``list_models(pattern)``.
 
 Each family file defines one decorated builder per model name, with the figures its paper publishes
-(:class:`Published`) beside it, so tables, tests and docs all read one source (:func:`published`).
+(:class:`Published`; a segmentation model's :class:`PublishedSegmentation` rows) beside it, so tables, tests
+and docs all read one source (:func:`published`, :func:`published_segmentation`). A classifier can also be
+built as a backbone: ``create_model(name, features_only=True, out_indices=..., output_stride=...)``
+(:mod:`.features`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ from torch import nn
 
 from ..errors import UnknownModelError
 from ..fields import cli
-from .published import Published
+from .base import ClassifierNet
+from .features import FeatureNet
+from .published import Published, PublishedSegmentation
 from .weights_file import described_model, load_weights
 
-__all__ = ["ModelEntry", "ListConfig", "register_model", "create_model", "list_models", "get_model_entry", "published"]
+__all__ = ["ModelEntry", "ListConfig", "register_model", "create_model", "list_models", "get_model_entry", "published",
+           "published_segmentation", "TASKS", "BACKBONE_OPTIONS"]
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
+#: What a model predicts: one label per image, or one per pixel.
+TASKS = ("classification", "segmentation")
+#: ``create_model`` options that make a classifier a backbone (timm's names); see :mod:`.features`.
+BACKBONE_OPTIONS = ("features_only", "out_indices", "output_stride")
 
 
 @dataclass(frozen=True)
@@ -32,23 +44,29 @@ class ModelEntry:
     family: str
     builder: Callable[..., nn.Module]
     published: Published | None
+    task: str = "classification"
+    segmentation: tuple[PublishedSegmentation, ...] = ()
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, published: Published | None = None) -> Callable[[Builder], Builder]:
+def register_model(family: str, published: Published | None = None, task: str = "classification",
+                   segmentation: tuple[PublishedSegmentation, ...] = ()) -> Callable[[Builder], Builder]:
     """Decorator registering a builder under its function name (timm's ``@register_model`` idea).
 
     The builder is called as ``builder(num_classes=, in_chans=, small_input=, **kwargs)``; one
-    explicit, greppable function per model name.
+    explicit, greppable function per model name. ``task`` is one of :data:`TASKS`; a segmentation model
+    brings its published table rows as ``segmentation``.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def decorate(builder: Builder) -> Builder:
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, family, builder, published)
+        _REGISTRY[name] = ModelEntry(name, family, builder, published, task, tuple(segmentation))
         return builder
 
     return decorate
@@ -63,9 +81,12 @@ class ListConfig:
         metavar="PATTERN"))
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, sorted; ``pattern`` is a shell wildcard (``"shufflenet_v1_g3*"``)."""
-    names = sorted(_REGISTRY)
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` is a shell wildcard (``"shufflenet_v1_g3*"``, ``"deeplabv3*"``),
+    ``task`` one of :data:`TASKS` (default: every model)."""
+    if task is not None and task not in TASKS:
+        raise UnknownModelError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
+    names = sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
@@ -86,6 +107,11 @@ def published(name: str) -> Published | None:
     return get_model_entry(name).published
 
 
+def published_segmentation(name: str) -> tuple[PublishedSegmentation, ...]:
+    """The published table rows of a registered segmentation model (MobileNetV2 Table 7), empty for the rest."""
+    return get_model_entry(name).segmentation
+
+
 def create_model(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -99,32 +125,58 @@ def create_model(
     ``small_input=True`` selects the stem for 28-64 px images (stride-1 stem, total stride 8);
     ``in_chans=1`` for grayscale. Extra keyword arguments go to the family's builder (e.g.
     ``shuffle=False`` for ShuffleNet, ``dropout``, ``padding="tf_same"``, ``bn_eps``, MobileNet V1's
-    ``act``). The weights must fit the built model exactly. Arguments not given default to what the
-    weights file's metadata records (a file from ``mobilecnn weights import`` or ``train``: class count,
-    input channels, stem and the architecture options), else to 1000 classes, 3 channels, the 224 px stem.
+    ``act``; a DeepLab model's ``output_stride`` and ``aspp``). The weights must fit the built model exactly.
+    Arguments not given default to what the weights file's metadata records (a file from ``mobilecnn weights
+    import`` or ``train``: class count, input channels, stem and the architecture options), else to the
+    builder's defaults (1000 classes, 21 for a DeepLab model), 3 channels, the 224 px stem.
+
+    A classifier also takes timm's backbone options (:mod:`.features`): ``output_stride=16`` or ``8`` dilates
+    it (TF-slim's rule, :func:`~mobilecnn.models.base.dilate_to_output_stride`), and ``features_only=True``
+    returns its feature extractor (a :class:`~mobilecnn.models.features.FeatureNet` whose forward returns the
+    feature maps of ``out_indices``, described by its ``feature_info``); ``weights`` load into the classifier
+    first, so a classification file initialises the backbone.
     """
     entry = get_model_entry(name)
     params = inspect.signature(entry.builder).parameters
+    backbone = {k: kwargs.pop(k) for k in BACKBONE_OPTIONS if k in kwargs and k not in params}
     if weights is not None:
         described = described_model(weights)
-        num_classes = described.get("num_classes", 1000) if num_classes is None else num_classes
-        in_chans = described.get("in_chans", 3) if in_chans is None else in_chans
-        small_input = described.get("small_input", False) if small_input is None else small_input
+        num_classes = described.get("num_classes") if num_classes is None else num_classes
+        in_chans = described.get("in_chans") if in_chans is None else in_chans
+        small_input = described.get("small_input") if small_input is None else small_input
         kwargs = {**{k: v for k, v in described.get("model_kwargs", {}).items() if k in params}, **kwargs}
-    num_classes = 1000 if num_classes is None else num_classes
-    in_chans = 3 if in_chans is None else in_chans
-    small_input = False if small_input is None else small_input
+    given = {"num_classes": num_classes, "in_chans": in_chans, "small_input": small_input}
     unknown = [k for k in kwargs if k not in params]
     if unknown:
-        accepted = [p for p in params if p not in ("num_classes", "in_chans", "small_input")]
+        accepted = [p for p in params if p not in given] + ([] if entry.task != "classification" else
+                                                             list(BACKBONE_OPTIONS))
         raise TypeError(
             f"{name}: unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
             f"accepted: num_classes, in_chans, small_input, {', '.join(accepted)}"
         )
-    model = entry.builder(num_classes=num_classes, in_chans=in_chans, small_input=small_input, **kwargs)
+    model = entry.builder(**{k: v for k, v in given.items() if v is not None}, **kwargs)
     # nn.Module.__setattr__ takes any value; its stub only admits Tensor | Module
     model.model_name = name  # type: ignore[assignment]
     model.model_kwargs = dict(kwargs)  # type: ignore[assignment]  # recorded in saved weights' metadata
     if weights is not None:
         load_weights(weights, model)
-    return model
+    return _as_backbone(name, model, backbone) if backbone else model
+
+
+def _as_backbone(name: str, model: nn.Module, options: dict[str, Any]) -> nn.Module:
+    """``model`` dilated to ``output_stride`` and, with ``features_only``, its :class:`FeatureNet`."""
+    if not isinstance(model, ClassifierNet):
+        raise TypeError(f"{name}: {', '.join(map(repr, options))} apply to classifiers only")
+    features_only = options.get("features_only", False)
+    if not isinstance(features_only, bool):
+        raise TypeError(f"{name}: features_only must be True or False, got {features_only!r}")
+    if "out_indices" in options and not features_only:
+        raise TypeError(f"{name}: out_indices needs features_only=True")
+    if options.get("output_stride") is not None:
+        model.set_output_stride(options["output_stride"])
+    if not features_only:
+        return model
+    net: nn.Module = FeatureNet(model, options.get("out_indices"))
+    net.model_name = name  # type: ignore[assignment]
+    net.model_kwargs = dict(getattr(model, "model_kwargs", {}))  # type: ignore[assignment]
+    return net

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..layers import ConvBNAct, ShuffleNetUnit
 from ..validators import check_bool, check_number, check_positive_int
-from .base import ClassifierNet, init_weights
+from .base import ClassifierNet, FeatureTap, init_weights
 from .published import Published
 from .registry import register_model
 
@@ -139,6 +139,20 @@ class ShuffleNetV1(ClassifierNet):
         self.num_features = in_ch
         self.classifier = nn.Linear(in_ch, num_classes)
         init_weights(self)
+
+    def feature_taps(self) -> list[FeatureTap]:
+        """Every child of ``features``: the stem conv, the max pool (none with ``small_input``), Stages 2-4."""
+        stem, *stages = self.channels
+        before = len(self.features) - len(stages)  # the stem conv and its max pool
+        return [FeatureTap(f"features.{i}", stem if i < before else stages[i - before])
+                for i in range(len(self.features))]
+
+    def stride_units(self) -> list[nn.Module]:
+        """The stem conv, the max pool, then every unit of every stage."""
+        units: list[nn.Module] = []
+        for m in self.features:
+            units.extend(m if type(m) is nn.Sequential else [m])
+        return units
 
 
 # The authors' released params count BN and have no classifier bias (see the module docstring).

@@ -186,7 +186,9 @@ def _pick(value: Any, default: Any) -> Any:
 
 def resolve(cfg: TrainConfig) -> TrainSettings:
     """Check ``cfg`` and fill in its defaults from the recipe; raises :class:`TrainError` naming the option."""
-    get_model_entry(cfg.model)  # unknown model -> UnknownModelError naming the closest
+    if get_model_entry(cfg.model).task != "classification":  # unknown model -> UnknownModelError naming the closest
+        raise TrainError(f"--model {cfg.model}: training covers the image classifiers; {cfg.model} is a "
+                         f"{get_model_entry(cfg.model).task} model")
     name = _recipe_name(cfg)
     if name not in RECIPES:
         raise TrainError(f"unknown recipe {name!r}; accepted: {', '.join(RECIPES)}")
