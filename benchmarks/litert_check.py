@@ -44,27 +44,13 @@ os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"  # litert-torch's progress tree o
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
+from deploy_speed import _nontrivial_bn  # noqa: E402 - this folder's benchmark, beside this script
 from mobilecnn import create_model  # noqa: E402
 from mobilecnn.deploy.fold import avgpool_to_depthwise, deploy_form, fold_batchnorm  # noqa: E402
 from mobilecnn.deploy.litert import LiteRTRuntime, write_litert, xnnpack_partitions, zero_pad_maxpool  # noqa: E402
 
 RES = 224
-
-
-def nontrivial_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Trained-looking BN statistics: no conv folds to something trivial, no int8 range collapses to 0
-    (the zoo zero-inits each residual branch's last BN, which keeps int8 ADDs out of XNNPACK)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
-    return model.eval()
 
 
 def calibration_images(n: int = 32) -> torch.Tensor:
@@ -149,9 +135,9 @@ def build_mobilenet(work: Path, x: torch.Tensor, calib: torch.Tensor) -> tuple[d
     import litert_torch
     import torchvision
 
-    zoo = nontrivial_bn(create_model("mobilenet_v2_x1_0"))
+    zoo = _nontrivial_bn(create_model("mobilenet_v2_x1_0"))
     ours = deploy_form(zoo)
-    plain = nontrivial_bn(torchvision.models.mobilenet_v2())
+    plain = _nontrivial_bn(torchvision.models.mobilenet_v2())
     notes = {"ours_fp32": write_litert(ours, x, work / "mv2_fp32.tflite"),
              "ours_fp32_linear_head": write_litert(fold_batchnorm(zoo), x, work / "mv2_linear.tflite"),
              "ours_int8": write_litert(ours, x, work / "mv2_int8.tflite", calibration=calib)}
@@ -172,7 +158,7 @@ def build_mobilenet(work: Path, x: torch.Tensor, calib: torch.Tensor) -> tuple[d
 
 
 def build_shufflenet(work: Path, x: torch.Tensor, calib: torch.Tensor) -> tuple[dict, dict]:
-    model = nontrivial_bn(create_model("shufflenet_v1_g3_x1_0"))
+    model = _nontrivial_bn(create_model("shufflenet_v1_g3_x1_0"))
     nets = {k: deploy_form(model) for k in ("deploy", "zero_pad", "dw", "zero_pad_dw")}
     replaced = {k: zero_pad_maxpool(nets[k]) for k in ("zero_pad", "zero_pad_dw")}
     replaced |= {f"{k} depthwise": avgpool_to_depthwise(nets[k], x) for k in ("dw", "zero_pad_dw")}

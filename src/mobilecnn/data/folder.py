@@ -198,6 +198,16 @@ class FolderOptions(Dealing):
     preprocessing: Preprocessing | None = None
 
 
+def epoch_plan(batches: Any, epoch: int) -> list[list[int]]:
+    """The sample indices of each batch of ``epoch`` for a loader over ``batches.samples``: the shuffled,
+    rank-sharded training plan, or the rank's own slice in order for evaluation."""
+    if batches.train:
+        return [b.tolist() for b in train_plan(len(batches.samples), batches.batch_size, batches.seed, epoch,
+                                                batches.rank, batches.world_size)]
+    idx = list(range(batches._start, batches._stop))
+    return [idx[i:i + batches.batch_size] for i in range(0, len(idx), batches.batch_size)]
+
+
 class FolderBatches:
     """Batches decoded from image files in ``DataLoader`` workers.
 
@@ -279,11 +289,7 @@ class FolderBatches:
                 f"rank={self.rank}/{self.world_size}, batches={self._len}, skipped={len(self.skipped)})")
 
     def _plan(self, epoch: int) -> list[list[int]]:
-        if self.train:
-            return [b.tolist() for b in train_plan(len(self.samples), self.batch_size, self.seed, epoch,
-                                                    self.rank, self.world_size)]
-        idx = list(range(self._start, self._stop))
-        return [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        return epoch_plan(self, epoch)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_step, ..., len(self) - 1`` of ``epoch``."""

@@ -45,9 +45,8 @@ from .batches import (
     plan_epoch_size,
     seed_of,
     subset_indices,
-    train_plan,
 )
-from .folder import _PlanSampler, _reason, _shown
+from .folder import _PlanSampler, _reason, _shown, epoch_plan
 from .images import Preprocessing, load_image
 from .segmentation_io import IGNORE_INDEX, SegSample, check_pairs, read_mask, scan_segmentation
 
@@ -279,11 +278,7 @@ class SegBatches:
                 f"rank={self.rank}/{self.world_size}, batches={self._len})")
 
     def _plan(self, epoch: int) -> list[list[int]]:
-        if self.train:
-            return [b.tolist() for b in train_plan(len(self.samples), self.batch_size, self.seed, epoch,
-                                                    self.rank, self.world_size)]
-        idx = list(range(self._start, self._stop))
-        return [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        return epoch_plan(self, epoch)
 
     def _data_loader(self) -> torch.utils.data.DataLoader:
         """One DataLoader for every epoch (its batches set through the sampler); an accelerator gets pinned
