@@ -25,8 +25,6 @@ import json
 import os
 import re
 import struct
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from torch import nn
 
 from ..device import available_cpus
 from .backends import require_backend
-from .runtimes import Runtime
+from .runtimes import Runtime, probe_in_child
 from .writers import WriteJob
 
 __all__ = ["write", "write_litert", "read_litert_metadata", "LiteRTRuntime", "zero_pad_maxpool", "xnnpack_partitions",
@@ -311,19 +309,6 @@ it.invoke()
 """
 
 
-def _probe_in_child(path: Path) -> None:
-    try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT_S, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    except subprocess.TimeoutExpired:
-        raise ValueError(f"{path}: LiteRT did not load and run this file in {PROBE_TIMEOUT_S} s; "
-                         "it is corrupt or not a LiteRT model") from None
-    if done.returncode != 0:
-        how = (f"the interpreter crashed with signal {-done.returncode}" if done.returncode < 0 else
-               (done.stderr.strip().splitlines() or ["it failed"])[-1][:300])
-        raise ValueError(f"{path}: LiteRT cannot run this file ({how}); it is corrupt or not a LiteRT model")
-
-
 class LiteRTRuntime(Runtime):
     """A ``.tflite`` file in the LiteRT Interpreter with XNNPACK (``num_threads=threads``).
 
@@ -339,7 +324,7 @@ class LiteRTRuntime(Runtime):
         _parse(path)
         interp = require_backend("ai_edge_litert.interpreter", "running LiteRT .tflite files", extra="litert")
         if not trusted:
-            _probe_in_child(path)
+            probe_in_child(path, _PROBE, "a LiteRT model", PROBE_TIMEOUT_S)
         try:
             self.interpreter = interp.Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()

@@ -234,18 +234,20 @@ m.forward((torch.zeros(sizes),))
 PTE_PROBE_TIMEOUT_S = 300
 
 
-def _probe_in_child(path: Path) -> None:
+def probe_in_child(path: Path, script: str, what: str, timeout: float) -> None:
+    """Run ``script`` (which loads ``path`` and runs it once) in a child process: a crafted file can crash a
+    native loader (a segfault, not an exception), which must refuse the file, not take the caller down.
+    ``what`` names the file kind in the one-line ``ValueError``."""
     try:
-        done = subprocess.run([sys.executable, "-c", _PTE_PROBE, str(path)], capture_output=True, text=True,
-                              timeout=PTE_PROBE_TIMEOUT_S, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     except subprocess.TimeoutExpired:
-        raise ValueError(f"{path}: ExecuTorch did not finish loading and running this file in "
-                         f"{PTE_PROBE_TIMEOUT_S} s; it is corrupt or not an ExecuTorch program") from None
+        raise ValueError(f"{path}: the {what} loader did not finish loading and running this file in {timeout:g} s; "
+                         f"it is corrupt or not {what}") from None
     if done.returncode != 0:
         how = (f"the loader crashed with signal {-done.returncode}" if done.returncode < 0 else
                (done.stderr.strip().splitlines() or ["it failed"])[-1][:300])
-        raise ValueError(f"{path}: ExecuTorch cannot run this file ({how}); it is corrupt or not an ExecuTorch "
-                         "program: export it again")
+        raise ValueError(f"{path}: this file cannot be run ({how}); it is corrupt or not {what}: export it again")
 
 
 class ExecuTorchRuntime(Runtime):
@@ -261,7 +263,7 @@ class ExecuTorchRuntime(Runtime):
         _check_pte_file(path)
         if not trusted:
             require_backend("executorch.extension.pybindings.portable_lib", "running ExecuTorch .pte files")
-            _probe_in_child(path)
+            probe_in_child(path, _PTE_PROBE, "an ExecuTorch program", PTE_PROBE_TIMEOUT_S)
         portable = require_backend("executorch.extension.pybindings.portable_lib", "running ExecuTorch .pte files")
         portable._unsafe_reset_threadpool(threads)
         self.module = portable._load_for_executorch(str(path))
