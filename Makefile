@@ -29,12 +29,15 @@ $(FASHION_MNIST):
 
 DEMO := runs/demo
 DEMO_RUN := $(DEMO)/runs/shufflenet_v1_g8_x0_5-seed0
+SEG_RUN := $(DEMO)/runs/seg-mnv2_os16-seed0
 
 # The main job end to end (under 10 minutes on 2 cores after set-up): regenerate the paper tables;
 # `reproduce --quick` trains ShuffleNets and MobileNets on Fashion-MNIST, evaluates, exports int8,
 # benchmarks and writes the report; then one trained run goes the rest of the road to a device file:
 # int8 ONNX (verified), predictions with that file on Fashion-MNIST test images written as PNG files
 # (true label in each file name) and on two out-of-domain photos, and a benchmark against torchvision.
+# Segmentation: reproduce's quick section trains Mobile DeepLabv3 (MobileNetV2) on the Fashion-MNIST scenes and
+# regenerates Table 7; the run is exported to ONNX (verified per pixel) and draws masks and overlays of new scenes.
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/mobilecnn tables --out $(DEMO)/paper_tables.md
@@ -44,7 +47,10 @@ demo: setup
 	$(BIN)/python examples/demo_images.py $(DEMO)/images
 	$(BIN)/mobilecnn predict $(DEMO)/images --model $(DEMO)/export/shufflenet_int8.onnx --topk 2
 	$(BIN)/mobilecnn bench $(DEMO_RUN) --backend eager onnxruntime --out $(DEMO)/bench
-	@echo "report: $(DEMO)/report.md; plots: $(DEMO)/*.png; bench: $(DEMO)/bench/bench.md"
+	$(BIN)/mobilecnn data scenes --task segmentation --out $(DEMO)/scenes --train-count 1 --val-count 4 --seed 7
+	$(BIN)/mobilecnn export $(SEG_RUN) --format onnx --out $(DEMO)/export/deeplabv3.onnx
+	$(BIN)/mobilecnn predict $(DEMO)/scenes/JPEGImages --model $(DEMO)/export/deeplabv3.onnx --out $(DEMO)/segmentation
+	@echo "report: $(DEMO)/report.md; plots: $(DEMO)/*.png; bench: $(DEMO)/bench/bench.md; masks: $(DEMO)/segmentation"
 
 # The suite runs in one worker per core (at most 4: each worker holds its own PyTorch and runtimes).
 TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)

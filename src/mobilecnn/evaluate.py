@@ -1,4 +1,10 @@
-"""``mobilecnn eval``: a trained run on its validation split: accuracy, per-class accuracy, confusion matrix."""
+"""``mobilecnn eval``: a trained run on its validation split.
+
+Classifiers: top-1, top-5, per-class accuracy and the confusion matrix (``confusion.png``). Segmenters: mIoU
+over the whole set (DeepLab's evaluation, :mod:`mobilecnn.train.segment_eval`), per-class IoU
+(``per_class_iou.png``), pixel accuracy; ``--multi-scale`` adds Table 7's MF (six scales, each flipped).
+Both write ``eval.json``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .data import FASHION_MNIST, load_data, locate_dataset
+from .data.names import segmentation_folder
+from .data.segmentation import SegOptions, load_segmentation
 from .device import resolve_device
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 from .fields import cli, positive_int
 from .files import atomic_write_text
-from .plots import plot_confusion
+from .models import get_model_entry
+from .plots import plot_confusion, plot_per_class_iou
 from .runs.layout import EVAL_DIR
-from .runs.rundir import load_trained
+from .runs.rundir import LoadedModel, load_trained
 from .train.loop import evaluate
-from .validators import check_int, check_positive_int
+from .train.segment_eval import SegEvalOptions, evaluate_segmentation
+from .validators import check_bool, check_int, check_positive_int
 
 __all__ = ["EvalConfig", "run_eval", "evaluate_run"]
 
@@ -38,12 +50,15 @@ class EvalConfig:
                                                         flag="--no-ema", action="store_false"))
     workers: int = field(default=2, metadata=cli("DataLoader workers for image folders"))
     device: str | None = field(default="auto", metadata=cli("auto, cpu, cuda, cuda:N or mps"))
+    multi_scale: bool = field(default=False, metadata=cli(
+        "segmenters: average the softmax over DeepLab's scales 0.5-1.75, each also flipped (the paper's MF)"))
 
     def __post_init__(self) -> None:
         check_positive_int(self.batch_size, "--batch-size")
         if self.subset is not None:
             check_positive_int(self.subset, "--subset")
         check_int(self.workers, "--workers", minimum=0)
+        check_bool(self.multi_scale, "--multi-scale")
 
 
 def evaluate_run(path: str | Path, *, return_logits: bool = False, **options: Any) -> dict[str, Any]:
@@ -61,6 +76,10 @@ def run_eval(config: EvalConfig, return_logits: bool = False) -> dict[str, Any]:
     c = config
     dev = resolve_device(c.device)
     loaded = load_trained(c.path, c.prefer_ema)
+    if get_model_entry(loaded.model_name).task == "segmentation":
+        return _eval_segmenter(c, loaded, dev)
+    if c.multi_scale:
+        raise UsageError(f"--multi-scale applies to segmentation models; {loaded.model_name} is a classifier")
     data_dir = c.data_dir
     if c.data:
         dataset = c.data
@@ -92,4 +111,27 @@ def run_eval(config: EvalConfig, return_logits: bool = False) -> dict[str, Any]:
         result.update(per_image)
         if hasattr(val_loader, "samples"):
             result["files"] = [path for path, _ in val_loader.samples]
+    return result
+
+
+def _eval_segmenter(c: EvalConfig, loaded: LoadedModel, dev: torch.device) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy of a segmenter on its validation split (module docstring)."""
+    folder = segmentation_folder(c.data) if c.data else segmentation_folder(str(loaded.data.get("name") or ""))
+    pre = loaded.data.get("preprocessing") if not c.data else None
+    options = SegOptions(batch_size=1, eval_batch_size=c.batch_size, val_subset=c.subset, workers=c.workers,
+                         preprocessing=pre, data_dir=c.data_dir, device=dev if dev.type != "cpu" else None)
+    _, val_loader, info = load_segmentation(folder, options)
+    if info.num_classes != loaded.model.num_classes:
+        raise CheckpointError(f"{loaded.weights_file} was trained for {loaded.model.num_classes} classes but "
+                              f"{info.name} has {info.num_classes}: evaluate on the dataset it was trained on")
+    how = (SegEvalOptions.multi_scale(info.num_classes) if c.multi_scale else SegEvalOptions(info.num_classes))
+    result = evaluate_segmentation(loaded.model.to(dev), val_loader, how)
+    result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
+                   "data": info.name, "class_names": info.class_names, "device": str(dev), "task": "segmentation"})
+    out = Path(c.out_dir) if c.out_dir else (loaded.run_dir / EVAL_DIR if loaded.run_dir else Path(EVAL_DIR))
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    mode = "multi-scale + flip" if c.multi_scale else "single scale"
+    plot_per_class_iou(result["per_class_iou"], info.class_names, out / "per_class_iou.png",
+                       title=f"{loaded.model_name} on {info.name}: mIoU {result['miou'] or 0:.2f}% ({mode})")
+    result["outputs"] = {"json": str(out / "eval.json"), "per_class_iou_png": str(out / "per_class_iou.png")}
     return result

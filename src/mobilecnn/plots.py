@@ -1,4 +1,5 @@
-"""PNG figures (matplotlib, Agg backend): training curves and confusion matrices, written atomically."""
+"""PNG figures (matplotlib, Agg backend): training curves, confusion matrices, per-class IoU bars and
+segmentation overlays (Pillow), written atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,7 +18,8 @@ from adjustText import adjust_text  # noqa: E402
 
 from .files import atomic_write  # noqa: E402
 
-__all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points"]
+__all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points",
+           "plot_per_class_iou", "save_overlay_png"]
 
 
 def read_metrics(metrics_file: str | Path) -> list[dict]:
@@ -48,10 +51,13 @@ def plot_training_curves(metrics_file: str | Path, out_png: str | Path) -> Path:
     val = [(r["epoch"], r) for r in records if "val_loss" in r]
     if val:
         ax_loss.plot([e for e, _ in val], [r["val_loss"] for _, r in val], "s-", label="validation")
-        ax_acc.plot([e for e, _ in val], [r["val_top1"] for _, r in val], "s-", label="validation top-1")
-    ax_acc.plot(epochs, [r["train_accuracy"] for r in records], "o-", label="train (augmented)")
+        key, label = ("val_miou", "validation mIoU") if "val_miou" in val[-1][1] else ("val_top1", "validation top-1")
+        ax_acc.plot([e for e, _ in val], [r.get(key) for _, r in val], "s-", label=label)
+    segmenter = any("val_miou" in r for r in records)
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in records], "o-",
+                label="train pixel accuracy (augmented)" if segmenter else "train (augmented)")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="%", title="mIoU and pixel accuracy" if segmenter else "accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -185,3 +191,99 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
         ax.grid(alpha=0.3, axis="y")
         paths["table3_ablation"] = _save(fig, out / "table3_ablation.png")
     return paths
+
+
+def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Sequence[str], out_png: str | Path,
+                       title: str = "per-class IoU") -> Path:
+    """Horizontal bars, one per class (first class on top); a class with no IoU (``None``: absent from both
+    prediction and ground truth; or NaN) is shown as "n/a"."""
+    if len(per_class_iou) != len(class_names):
+        raise ValueError(f"{len(per_class_iou)} IoU values for {len(class_names)} class names")
+    n = len(class_names)
+    known = [None if v is None or not np.isfinite(float(v)) else float(v) for v in per_class_iou]
+    values = [0.0 if v is None else v for v in known]
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.3 * max(n, 1)))
+    ys = list(range(n))
+    ax.barh(ys, values, color="tab:blue", height=0.7)
+    for y, v in zip(ys, known):
+        ax.text(0.01 if v is None else min(v, 1.0) + 0.01, y, "n/a" if v is None else f"{v:.3f}",
+                va="center", fontsize=7, color="0.4" if v is None else "black")
+    ax.set_yticks(ys, [_printable(c) for c in class_names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.12), xlabel="IoU", title=_printable(title))
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+#: Classes named in an overlay's legend at most (the most frequent; the rest are counted in one line).
+MAX_LEGEND_ROWS = 40
+
+
+def _legend_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans (matplotlib's own font: wide Unicode coverage) at ``size`` px, else Pillow's default."""
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (OSError, ValueError):
+        return ImageFont.load_default(size)
+
+
+def _blend(image: np.ndarray, mask: np.ndarray, palette: Sequence[int], alpha: float) -> Image.Image:
+    """``image`` with each non-zero class of ``mask`` blended in its palette colour (class 0 untouched)."""
+    base = Image.fromarray(np.ascontiguousarray(image))
+    colours = Image.fromarray(mask).convert("L")
+    colours.putpalette(list(palette))
+    tinted = Image.blend(base, colours.convert("RGB"), alpha)
+    return Image.composite(tinted, base, Image.fromarray(((mask != 0) * 255).astype(np.uint8)))
+
+
+def _legend_rows(mask: np.ndarray, class_names: Sequence[str]) -> list[tuple[int, str]]:
+    """``(class, "name  12.3%")`` of the classes present, most pixels first, at most :data:`MAX_LEGEND_ROWS`
+    (then one ``(-1, "+ k more classes")`` row)."""
+    counts = np.bincount(mask.ravel(), minlength=len(class_names)).astype(np.float64)
+    share = counts / max(mask.size, 1)
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    rows = [(c, f"{_printable(class_names[c]) if c < len(class_names) else str(c)}  {100 * share[c]:.1f}%")
+            for c in present[:MAX_LEGEND_ROWS]]
+    if len(present) > MAX_LEGEND_ROWS:
+        rows.append((-1, f"+ {len(present) - MAX_LEGEND_ROWS} more classes"))
+    return rows
+
+
+def save_overlay_png(image: np.ndarray, mask: np.ndarray, palette: Sequence[int], class_names: Sequence[str],
+                     out_png: str | Path, alpha: float = 0.5) -> Path:
+    """``image`` (uint8 H, W, 3) with the classes of ``mask`` (uint8 H, W: class index per pixel) blended in
+    their ``palette`` colours (768 values: 256 RGB triples; class 0, the background, is left as is), and
+    beside it a legend: each class present, its colour patch and its share of the pixels.
+
+    The picture keeps the image's pixels (H x W at the top left); the legend adds columns on the right (and
+    rows at the bottom when it is taller than the image)."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if mask.dtype != np.uint8 or mask.shape != image.shape[:2]:
+        raise ValueError(f"mask must be uint8 {image.shape[:2]}, got {mask.dtype} {mask.shape}")
+    if len(palette) != 768:
+        raise ValueError(f"palette must hold 768 values (256 RGB triples), got {len(palette)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    h, w = mask.shape
+    rows = _legend_rows(mask, class_names)
+    size = int(np.clip(round(h / 30), 11, 40))
+    font = _legend_font(size)
+    pad, line = max(4, size // 2), int(size * 1.5)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((int(probe.textlength(text, font=font)) for _, text in rows), default=0)
+    legend_w = 3 * pad + size + text_w
+    canvas = Image.new("RGB", (w + legend_w, max(h, 2 * pad + line * len(rows))), "white")
+    canvas.paste(_blend(image, mask, palette, alpha), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (c, text) in enumerate(rows):
+        y = pad + i * line
+        if c >= 0:
+            colour = tuple(int(v) for v in palette[3 * c:3 * c + 3])
+            draw.rectangle([w + pad, y, w + pad + size, y + size], fill=colour, outline=(96, 96, 96))
+        draw.text((w + 2 * pad + size, y), text, fill=(0, 0, 0), font=font)
+    return atomic_write(out_png, lambda tmp: canvas.save(tmp, format="PNG"))

@@ -1,14 +1,12 @@
-"""``mobilecnn reproduce``: test the papers' claims on Fashion-MNIST (small-input stems, 32 px).
-
-Claims (ShuffleNet, arXiv 1707.01083):
+"""``mobilecnn reproduce``: test the papers' claims on Fashion-MNIST (small-input stems, 32 px); the
+MobileNetV2 segmentation section is :mod:`mobilecnn.reproduce_segmentation`. Claims (ShuffleNet, arXiv 1707.01083):
 
 * Table 5: at matched complexity ShuffleNet is more accurate than MobileNet V1, and the margin grows
   as the models shrink;
 * Table 3: without the channel shuffle, group convolutions lose accuracy (1x g=8: +5.2 error).
 
-Every model is trained with the same recipe and budget, evaluated on the full 10,000-image test
-set, exported to int8 (onnxruntime, accuracy-checked) and timed at batch 1 on one thread. The
-report states for each claim whether it held here, with the numbers.
+Every model is trained with the same recipe and budget, evaluated on the 10,000 test images, exported to int8
+(onnxruntime, accuracy-checked) and timed at batch 1 on one thread. The report says whether each claim held.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from .files import atomic_write_text
 from .models import create_model, published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
+from .reproduce_segmentation import SEG_FULL, SEG_QUICK, run_segmentation
 from .runs.layout import CONFIG_FILE
 from .runs.rundir import load_trained
 from .train import TrainConfig, default_threads, train
@@ -86,6 +85,8 @@ class ReproducePlan:
     # fp32's; off by default: it adds the auto time per model (docs/deployment.md) to the plan
     auto: bool = False
     auto_seconds: float = 1.0
+    classification: bool = True  # the ShuffleNet claims (Tables 3 and 5)
+    segmentation: bool = True  # MobileNetV2 section 6.3 (reproduce_segmentation: SEG_QUICK or SEG_FULL)
 
 
 #: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 6,000 images, int8 calibrated on
@@ -116,12 +117,16 @@ class ReproduceConfig:
         "rewrite report.md and the plots from OUT/results.json without training"))
     device: str = field(default="auto", metadata=cli(
         "training device: auto, cpu, cuda, cuda:N or mps (latency is always measured on the CPU)"))
+    task: str = field(default="all", metadata=cli(
+        "classification (the ShuffleNet tables), segmentation (MobileNetV2 Table 7 and section 6.3) or all",
+        choices=["all", "classification", "segmentation"]))
 
     def plan(self) -> ReproducePlan:
-        """:data:`FULL` or :data:`QUICK` (the default), with this config's seeds, threads, device and auto."""
+        """:data:`FULL` or :data:`QUICK` (the default), with this config's seeds, threads, device, auto and task."""
         base = FULL if self.full else QUICK
         return replace(base, seeds=self.seeds or base.seeds, threads=self.threads, device=self.device,
-                       auto=self.auto or base.auto)
+                       auto=self.auto or base.auto, classification=self.task != "segmentation",
+                       segmentation=self.task != "classification")
 
     @property
     def out_dir(self) -> str:
@@ -191,7 +196,6 @@ def plan_models(plan: ReproducePlan) -> list[tuple[str, str, bool]]:
 
 def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_dir: Path,
                 callback: Callable[[str, dict], None] | None) -> dict[str, Any]:
-
     cfg = TrainConfig(model=model, out=str(run_dir), epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
                       subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / CONFIG_FILE).exists(),
                       threads=plan.threads, device=plan.device,
@@ -215,7 +219,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
     notify = progress or (lambda event, info: None)
     # decided once: the load average during the run counts this process's own training threads
     plan = replace(plan, threads=plan.threads or default_threads())
-    models = plan_models(plan)
+    models = plan_models(plan) if plan.classification else []
     results: dict[str, ModelResult] = {}
     started = time.perf_counter()
     reused_s = 0.0  # measuring time of the models taken from an earlier invocation, counted in the report's total
@@ -251,9 +255,11 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         results[key] = res
         _record_finished_model(out, res, plan, time.perf_counter() - model_started)
         notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
+    if plan.segmentation:
+        seg_plan = SEG_FULL if plan.name == "full" else SEG_QUICK
+        run_segmentation(replace(seg_plan, threads=plan.threads, device=plan.device), out, notify)
     elapsed = time.perf_counter() - started + reused_s
-    summary = _write_report(plan, results, out, elapsed)
-    return summary
+    return _write_report(plan, results, out, elapsed)
 
 
 def _finished_model_file(out: Path, key: str) -> Path:
@@ -316,7 +322,6 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
 
 def _latency(run: Path, plan: ReproducePlan) -> float | None:
     """Batch-1 median latency (ms, 1 thread) of the trained model in onnxruntime fp32."""
-
     loaded = load_trained(run)
     rows = benchmark([loaded.model], BenchSpec(("onnxruntime",), resolution=32, repeats=plan.bench_repeats,
                                                references=False, min_time_s=0.3))
@@ -426,7 +431,10 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
 
 
 def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Path, elapsed: float) -> dict[str, Any]:
-
+    seg = (out / "segmentation.md").read_text() if plan.segmentation and (out / "segmentation.md").is_file() else ""
+    if not plan.classification:  # the segmentation section alone
+        atomic_write_text(out / "report.md", "# mobilecnn reproduce\n\n" + seg)
+        return {"report": str(out / "report.md"), "plots": {}, "elapsed_s": elapsed}
     rows = list(results.values())
     plots = plot_reproduce(rows, out)
     budget = (f"{plan.epochs:g} epoch(s) over {plan.subset or 60000} training images, batch {plan.batch_size}, fast "
@@ -481,7 +489,7 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
                      + f"{'-' if r.paper_mflops is None else f'{r.paper_mflops:g}'} | "
                      f"{'-' if r.paper_top1_error is None else f'{r.paper_top1_error:g}'} |")
     lines += ["", "## Plots", ""] + [f"![{k}]({Path(p).name})" for k, p in plots.items()]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + ("\n" + seg if seg else "")
     atomic_write_text(out / "report.md", text)
     payload = {"plan": asdict(plan), "elapsed_s": elapsed,
                "models": [{**asdict(r), "mean": r.mean, "std": r.std} for r in rows]}

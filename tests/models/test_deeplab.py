@@ -99,7 +99,7 @@ def test_classification_checkpoint_initialises_the_backbone(tmp_path):
                               {k: v for k, v in classifier.state_dict().items() if not k.startswith("features.3.")})
 
 
-def test_deeplab_weights_round_trip_and_training_refuses_it(tmp_path):
+def test_deeplab_weights_round_trip_and_the_segmentation_recipe(tmp_path):
     from mobilecnn.train.config import TrainConfig, resolve
 
     model = create_model("deeplabv3_mobilenet_v1_x0_25", aspp=True, output_stride=8)
@@ -107,5 +107,7 @@ def test_deeplab_weights_round_trip_and_training_refuses_it(tmp_path):
     path = save_weights(tmp_path / "d.safetensors", model.state_dict(), model_metadata(model))
     again = create_model("deeplabv3_mobilenet_v1_x0_25", weights=path)
     assert again.aspp and again.output_stride == 8 and again.num_classes == 21
-    with pytest.raises(TrainError, match="segmentation model"):
-        resolve(TrainConfig(model="deeplabv3_mobilenet_v1_x0_25", out=str(tmp_path / "run")))
+    assert resolve(TrainConfig(model="deeplabv3_mobilenet_v1_x0_25", out=str(tmp_path / "run"))).recipe_name \
+        == "fast_segmentation"
+    with pytest.raises(TrainError, match="trains classification models"):
+        resolve(TrainConfig(model="deeplabv3_mobilenet_v1_x0_25", recipe="mobilenetv2", out=str(tmp_path / "run")))

@@ -139,3 +139,24 @@ def test_elastic_restart_after_sigkill_ends_with_the_uninterrupted_weights(tmp_p
     assert want.keys() == got.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_a_segmenter_trains_under_torchrun_and_its_miou_counts_every_val_image(tmp_path, seg_scenes):
+    """Two processes: each takes half of the global batch and half of the val scenes; the confusion matrices are
+    summed, so the logged mIoU equals one process's evaluation of the same weights over the whole set."""
+    from mobilecnn.evaluate import evaluate_run
+
+    out = tmp_path / "seg"
+    cmd = TORCHRUN + ["--nproc-per-node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                      f"127.0.0.1:{free_port()}", "-m", "mobilecnn.cli", "train", "--model",
+                      "deeplabv3_mobilenet_v2_x0_35", "--data", str(seg_scenes), "--out", str(out), "--batch-size", "8",
+                      "--epochs", "1", "--threads", "1", "--workers", "0", "--device", "cpu"]
+    done = subprocess.run(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["world_size"] == 2 and config["settings"]["steps_per_epoch"] == 6
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    alone = evaluate_run(out, out_dir=tmp_path / "ev", batch_size=4)
+    assert logged["val_miou"] == pytest.approx(alone["miou"], abs=1e-9)
+    assert logged["val_loss"] == pytest.approx(alone["loss"], rel=1e-5)

@@ -20,6 +20,7 @@ from ..models.deeplab import TABLE7
 from .complexity import count_macs, evaluation_macs
 
 __all__ = ["TableRow", "SegmentationRow", "TablesConfig", "paper_tables", "segmentation_row", "segmentation_table",
+           "segmentation_markdown",
            "tables_markdown", "write_tables", "TABLE7_TITLE"]
 
 TABLE7_TITLE = "MobileNetV2 Table 7: Mobile DeepLabv3 on PASCAL VOC 2012 at 513x513, 21 classes (MAdds, B)"
@@ -155,7 +156,7 @@ def _decimals(step: float) -> int:
     return max(0, -math.floor(math.log10(step) + 1e-9))
 
 
-def _segmentation_markdown(rows: list[SegmentationRow]) -> list[str]:
+def segmentation_markdown(rows: list[SegmentationRow]) -> list[str]:
     out = ["", f"## {TABLE7_TITLE}", "",
            "MAdds: conv multiply-adds of one evaluation, summed over the 12 inputs with MF (scales 0.5-1.75, each",
            "flipped); dilated convs charged plain (at their output) and as TensorFlow's space-to-batch runs them,",
@@ -202,7 +203,7 @@ def tables_markdown() -> str:
                 pub_params = "-" if r.published_params_m is None else f"{r.published_params_m:g}"
                 line += f" {_fmt(r.params_m, 2)} | {pub_params} |"
             out.append(line)
-    out += _segmentation_markdown(segmentation_table())
+    out += segmentation_markdown(segmentation_table())
     return "\n".join(out) + "\n"
 
 

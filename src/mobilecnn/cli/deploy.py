@@ -13,8 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from ..deploy.bench import BenchConfig, run_bench, run_bench_auto
-from ..deploy.predict import PredictConfig, iter_predictions, load_predictor
+from ..deploy.predict import PredictConfig, Predictor, iter_predictions, load_predictor
+from ..deploy.predict_masks import DEFAULT_OUT, iter_mask_predictions
 from ..deploy.run_export import RunExportConfig, export_run
 from ..errors import UsageError
 from .console import err, error, out, safe
@@ -34,10 +37,14 @@ def _export_config(args: argparse.Namespace) -> RunExportConfig:
 
 def _print_export(result: dict[str, Any], fmt: str, precision: str) -> None:
     out(f"wrote {safe(result['path'])} ({result['file_bytes'] / 2**20:.2f} MiB, {fmt}, {precision})")
+    per = "per-pixel class" if result.get("pixel_agreement") is not None else "top-1"
     out(f"verified against PyTorch on real images: max |logit diff| {result['max_abs_diff']:.3g}, "
-        f"relative {result['rel_diff']:.3g}, top-1 agreement {100 * result['top1_agreement']:.2f}%")
+        f"relative {result['rel_diff']:.3g}, {per} agreement {100 * result['top1_agreement']:.2f}%")
     check = result.get("int8_report")
-    if check:
+    if check and "fp32_miou" in check:
+        out(f"{precision} accuracy check: fp32 mIoU {check['fp32_miou']:.2f}%, {precision} mIoU "
+            f"{check['int8_miou']:.2f}% (drop {check['drop']:.2f} pt) on {check['images']} val images")
+    elif check:
         out(f"{precision} accuracy check: fp32 top-1 {check['fp32_top1']:.2f}%, {precision} top-1 "
             f"{check['int8_top1']:.2f}% (drop {check['drop']:.2f} pt) on {check['images']} test images")
     if result.get("calibration") and precision == "int8":
@@ -86,9 +93,39 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_masks(config: PredictConfig, predictor: Predictor, as_json: bool) -> int:
+    """``predict`` with a segmentation model: per image its class shares and the mask and overlay written."""
+    out_dir = config.out or DEFAULT_OUT
+    count, failed, records = 0, 0, []
+    for r in iter_mask_predictions(config.images, predictor, out_dir):
+        count += 1
+        if as_json:
+            records.append(r.to_dict())
+        if r.error:
+            failed += 1
+            error(r.error)
+            continue
+        if r.note:
+            err.print(Text("note: " + safe(r.note)))
+        if not as_json:
+            shares = ", ".join(f"{safe(label)} {share:.1%}" for label, share in r.shares)
+            out(f"{safe(r.path)}: {shares} -> {safe(r.mask)}, {safe(r.overlay)}")
+    if count == 0:
+        raise UsageError(f"no image files found in {', '.join(safe(i) for i in config.images)}")
+    if as_json:
+        out(json.dumps({"model": predictor.source, "task": "segmentation", "out": out_dir,
+                        "predictions": records}, indent=2))
+    return 1 if failed else 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     config: PredictConfig = config_from_args(PredictConfig, args)
     predictor = load_predictor(config.model, threads=config.threads, device=config.device)
+    if predictor.task == "segmentation":
+        return _predict_masks(config, predictor, args.json)
+    if config.out is not None:
+        err.print(Text("note: --out is for segmentation models; " + safe(predictor.source) + " is a classifier: "
+                       "nothing is written"))
     count, failed, records = 0, 0, []
     for r in iter_predictions(config.images, predictor, topk=config.topk):
         count += 1
@@ -118,7 +155,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p, BenchConfig)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it)")
+    p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it); "
+                                       "segmentation models: masks, overlays and class shares")
     add_config_arguments(p, PredictConfig)
     add_json_option(p, "the predictions")
     p.set_defaults(func=_cmd_predict)

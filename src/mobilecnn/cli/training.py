@@ -58,15 +58,23 @@ class _TrainProgress:
                 stats=f"loss {info['loss']:.3f} acc {info['accuracy']:.1f}% {info['img_per_s']:.0f} img/s",
             )
         elif event == "epoch":
-            val = f", val top-1 {info['val_top1']:.2f}%" if "val_top1" in info else ""
             self.progress.console.print(
                 f"epoch {info['epoch']:.2f}: train loss {info['train_loss']:.4f}, acc {info['train_accuracy']:.2f}%"
-                f"{val}, {info['train_img_per_s']:.0f} img/s", highlight=False)
+                f"{_val_text(info)}, {info['train_img_per_s']:.0f} img/s", highlight=False)
         elif event == "end":
             self.progress.stop()
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _val_text(info: dict) -> str:
+    """The validation figures of an epoch record: top-1 (classifiers) or mIoU and pixel accuracy (segmenters)."""
+    if info.get("val_top1") is not None:
+        return f", val top-1 {info['val_top1']:.2f}%"
+    if info.get("val_miou") is not None:
+        return f", val mIoU {info['val_miou']:.2f}% (pixel accuracy {info['val_pixel_accuracy']:.2f}%)"
+    return ""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -83,6 +91,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.get("val_top1") is not None:
         out(f"done: val top-1 {result['val_top1']:.2f}% (top-5 {result['val_top5']:.2f}%); run directory "
             f"{safe(result['run_dir'])}")
+    elif result.get("val_miou") is not None:
+        out(f"done: val mIoU {result['val_miou']:.2f}% (pixel accuracy {result['val_pixel_accuracy']:.2f}%); run "
+            f"directory {safe(result['run_dir'])}")
     else:
         out(f"done: run directory {safe(result['run_dir'])}")
     return 0
@@ -93,12 +104,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps({k: v for k, v in result.items()}, indent=2))
         return 0
+    if result.get("task") == "segmentation":
+        return _print_segmentation_eval(result)
     out(f"{result['model']} ({result['weights']} weights) on {safe(result['data'])}: {result['samples']} images")
     out(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     names = [safe(c) for c in result["class_names"]]
     width = max(len(c) for c in names)
     for name, acc in zip(names, result["per_class_accuracy"]):
         out(f"  {name.ljust(width)}  {acc:6.2f}%")
+    out("wrote " + " and ".join(safe(p) for p in result["outputs"].values()))
+    return 0
+
+
+def _print_segmentation_eval(result: dict) -> int:
+    scales = "multi-scale + flip" if result["flip"] or len(result["scales"]) > 1 else "single scale"
+    out(f"{result['model']} ({result['weights']} weights) on {safe(result['data'])}: {result['images']} images, "
+        f"{scales}")
+    miou = "n/a" if result["miou"] is None else f"{result['miou']:.2f}%"
+    out(f"mIoU {miou}  pixel accuracy {result['pixel_accuracy']:.2f}%  loss {result['loss']:.4f}")
+    names = [safe(c) for c in result["class_names"]]
+    width = max(len(c) for c in names)
+    for name, iou in zip(names, result["per_class_iou"]):
+        out(f"  {name.ljust(width)}  " + ("   n/a" if iou is None else f"{iou:6.2f}%"))
     out("wrote " + " and ".join(safe(p) for p in result["outputs"].values()))
     return 0
 

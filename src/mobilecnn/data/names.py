@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FASHION_MNIST", "DATASETS", "ACCEPTED_DATASETS", "FOLDER_PREFIX", "canonical_dataset",
-           "is_folder_dataset", "dataset_argument", "locate_dataset"]
+__all__ = ["FASHION_MNIST", "SCENES", "DATASETS", "segmentation_folder", "ACCEPTED_DATASETS", "FOLDER_PREFIX",
+           "canonical_dataset", "is_folder_dataset", "dataset_argument", "locate_dataset"]
 
 FASHION_MNIST = "fashion-mnist"
 #: The datasets loaded by name (held in memory); the first is the default.
 DATASETS = (FASHION_MNIST, "cifar10", "cifar100")
+#: A segmenter's default data: the Fashion-MNIST scenes (:mod:`.scenes`), generated once into a cache.
+SCENES = "scenes"
 #: How the data argument is described in messages and help.
 ACCEPTED_DATASETS = ", ".join(f"'{d}'" for d in DATASETS) + " or a folder holding train/ and val/ class folders"
 #: ``DataInfo.name`` of an image-folder dataset is this prefix + the folder's absolute path.
@@ -49,3 +51,13 @@ def locate_dataset(name: str, data_dir: str | None) -> tuple[str, str | None]:
     if is_folder_dataset(name) and data_dir:
         return str(data_dir), None
     return data, data_dir
+
+
+def segmentation_folder(data: str | None) -> str | None:
+    """A segmenter's ``--data`` as :func:`~mobilecnn.data.segmentation.load_segmentation` takes it: ``None`` (the
+    scenes cache) for ``scenes``, for the default ``fashion-mnist`` (the scenes are made of it) and for nothing;
+    else the folder. A recorded ``SegDataInfo.name`` (``voc:/abs/folder``) gives its folder."""
+    if data is None or str(data).strip().lower() in (SCENES, FASHION_MNIST):
+        return None
+    layout, sep, folder = str(data).partition(":")
+    return folder if sep and layout in ("voc", "folders") and folder.startswith("/") else str(data)

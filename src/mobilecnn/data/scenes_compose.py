@@ -25,6 +25,7 @@ __all__ = ["TEXTURES", "IGNORE_INDEX", "MASK_THRESHOLD", "IGNORE_ALPHA", "MIN_VI
 #: scikit-image sample images used as backgrounds (those that load without the network; see load_textures()).
 TEXTURES = ("brick", "grass", "gravel", "moon", "camera", "coins", "coffee", "rocket", "astronaut", "chelsea",
             "immunohistochemistry")
+#: The mask value that marks a pixel as not labelled (Pascal VOC's object borders; our items' soft edges).
 IGNORE_INDEX = 255
 #: An item pixel belongs to its mask when its intensity (0..1 after scaling; see _normalised) is above this.
 MASK_THRESHOLD = 0.2

@@ -33,7 +33,7 @@ from PIL import Image
 from ..errors import DataError
 from .folder import _reason, _shown
 from .images import IMAGE_EXTENSIONS, RASTER_FORMATS, is_image_name
-from .scenes_compose import voc_palette
+from .scenes_compose import IGNORE_INDEX, voc_palette
 
 __all__ = ["VOC_CLASSES", "IGNORE_INDEX", "LAYOUTS", "SPLITS", "MAX_CLASSES", "SegSample", "SegSource",
            "find_layout", "read_labels", "scan_segmentation", "check_pairs", "read_mask"]
@@ -42,7 +42,6 @@ __all__ = ["VOC_CLASSES", "IGNORE_INDEX", "LAYOUTS", "SPLITS", "MAX_CLASSES", "S
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-IGNORE_INDEX = 255
 LAYOUTS = ("voc", "folders")
 SPLITS = ("train", "val")
 #: Mask values 0..254 are classes, 255 is ignore.

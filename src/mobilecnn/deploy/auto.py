@@ -4,8 +4,9 @@ For every installed runtime x every precision it supports here (fp32; bf16 on Op
 has bf16 instructions; int8 on onnxruntime, OpenVINO and ExecuTorch) :func:`auto_export`:
 
 1. exports and verifies the candidate with :func:`mobilecnn.deploy.export.export_model` (fp32 against
-   PyTorch's logits; bf16 and int8 by their top-1 drop on real held-out images, int8 with its
-   calibration / float-layer fallback), into a staging folder, each in its own child process;
+   PyTorch's logits; bf16 and int8 by their top-1 drop on real held-out images -- a segmentation model's
+   fp32 also by its per-pixel classes, its bf16/int8 by their mIoU drop on (image, mask) pairs -- int8
+   with its calibration / float-layer fallback), into a staging folder, each in its own child process;
 2. times every verified candidate *paired*: each file is loaded by its own timing process, and every
    round asks each of them for a burst of about 30 ms in a freshly shuffled order, so a background load hits all
    of them alike; a candidate's latency is the
@@ -36,6 +37,7 @@ from torch import nn
 from ..errors import ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError
 from ..files import atomic_write_text
 from ..validators import check_number, check_positive_int
+from .dense import MiouReport
 from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, SIDECAR_SUFFIX, Format, installed_formats
 from .precision import DEFAULT_MAX_DROP
@@ -94,9 +96,13 @@ def _export_candidate(model: nn.Module, path: Path, images: ExportImages, config
     row = {"status": "verified", "file_bytes": report.file_bytes, "rel_diff": report.rel_diff,
            "top1_agreement": report.top1_agreement, "calibration": report.calibration,
            "float_layers": report.float_layers}
-    if report.int8_report is not None:
-        row.update(top1=report.int8_report.int8_top1, fp32_top1=report.int8_report.fp32_top1,
-                   drop=report.int8_report.drop)
+    if report.pixel_agreement is not None:  # a segmentation model: top1_agreement is per pixel
+        row["pixel_agreement"] = report.pixel_agreement
+    acc = report.int8_report
+    if isinstance(acc, MiouReport):
+        row.update(miou=acc.int8_miou, fp32_miou=acc.fp32_miou, drop=acc.drop)
+    elif acc is not None:
+        row.update(top1=acc.int8_top1, fp32_top1=acc.fp32_top1, drop=acc.drop)
     return row
 
 
@@ -236,8 +242,10 @@ def auto_export(model: nn.Module, out_path: str | Path, images: ExportImages, co
 
 
 def auto_markdown(result: dict[str, Any]) -> str:
+    seg = any("miou" in r or "pixel_agreement" in r for r in result["candidates"])
     lines = [f"# export --format auto: {result.get('model', '')}".rstrip(), "",
-             f"batch {result['batch']}, {result['threads']} thread(s), max drop {result['max_drop']:g} pt, "
+             f"batch {result['batch']}, {result['threads']} thread(s), max drop {result['max_drop']:g} "
+             f"{'mIoU pt' if seg else 'pt'}, "
              f"{result['timing_rounds']} paired timing rounds, {result['seconds']:.0f} s in all.", ""]
     best = result.get("best")
     if best:
@@ -245,8 +253,8 @@ def auto_markdown(result: dict[str, Any]) -> str:
                   + (f" -> `{Path(result['kept']).name}`" if result.get("kept") else ""), ""]
     else:
         lines += ["No candidate passed verification: nothing kept.", ""]
-    lines += ["| candidate | status | latency (ms) | x best [95% CI] | x fp32 | top-1 (drop) | size (KiB) | "
-              "calibration / float layers | why refused |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| candidate | status | latency (ms) | x best [95% CI] | x fp32 | {'mIoU' if seg else 'top-1'} (drop) | "
+              "size (KiB) | calibration / float layers | why refused |", "|---|---|---|---|---|---|---|---|---|"]
     def key(r: dict[str, Any]) -> float:
         return r.get("latency_ms", float("inf"))
     for r in sorted(result["candidates"], key=key):
@@ -255,7 +263,8 @@ def auto_markdown(result: dict[str, Any]) -> str:
         ratio = f"{rb[0]:.2f} [{rb[1]:.2f}, {rb[2]:.2f}]" if rb else "-"
         rf = r.get("ratio_to_best_fp32")
         rfp = f"{rf[0]:.2f}" if rf else "-"
-        acc = f"{r['top1']:.2f} ({r['drop']:+.2f})" if "top1" in r else \
+        score = r.get("miou", r.get("top1"))
+        acc = f"{score:.2f} ({r['drop']:+.2f})" if score is not None else \
             (f"drop {r['drop']:+.2f}" if "drop" in r else "-")
         size = f"{r['file_bytes'] / 1024:.0f}" if "file_bytes" in r else "-"
         cal = r.get("calibration") or ""

@@ -9,6 +9,9 @@
 3. **verify and settle the precision**: the written file is loaded in its own runtime and compared with
    PyTorch on real images (:mod:`mobilecnn.deploy.verify`); bf16/int8 are judged by their top-1 drop on a
    labelled check set, int8 with its calibration / float-layer fallback (:mod:`mobilecnn.deploy.precision`);
+   a segmentation model (output N, K, H, W) must also give PyTorch's class on 99.9% of the verification
+   pixels in fp32, and its bf16/int8 files are judged by their mIoU drop on (image, mask) pairs
+   (:mod:`mobilecnn.deploy.dense`);
 4. **commit**: only then are the file(s) and the sidecar moved into place (``os.replace``, fsynced). A file
    that fails is deleted and :class:`ExportVerificationError` or :class:`Int8AccuracyError` is raised
    with the numbers; an existing file at the destination is left untouched.
@@ -36,13 +39,14 @@ from torch import nn
 from ..errors import UsageError
 from ..layers.shuffle import shuffle_traced_as_gather
 from ..validators import check_int, check_number, check_threads
+from .dense import check_masks, is_dense
 from .fold import DeployClassifier, deploy_form
 from .formats import SIDECAR_SUFFIX, Format, format_named
-from .precision import DEFAULT_MAX_DROP, CheckSet, PrecisionJob, settle_precision
+from .precision import DEFAULT_MAX_DROP, PrecisionJob, check_set, settle_precision
 from .quantize import check_calibration
 from .runtimes import Runtime
 from .staging import commit, staging_folder
-from .verify import BF16_RTOL, ExportReport, logits_of, verify_file
+from .verify import BF16_RTOL, SEG_MIN_AGREEMENT, ExportReport, logits_of, verify_file
 from .writers import WriteJob
 
 __all__ = ["ExportConfig", "ExportImages", "ExportReport", "export_model"]
@@ -51,7 +55,8 @@ __all__ = ["ExportConfig", "ExportImages", "ExportReport", "export_model"]
 @dataclass(frozen=True)
 class ExportConfig:
     """How to export: ``format`` (a :data:`FORMATS` name) at ``precision``; fp32 must match PyTorch to
-    ``rtol``, bf16/int8 may lose at most ``max_drop`` top-1 points; ``threads`` for verification;
+    ``rtol``, bf16/int8 may lose at most ``max_drop`` top-1 points (mIoU points for a segmentation model);
+    ``threads`` for verification;
     ``max_batch``: a dynamic batch 1..max_batch for a static-batch format; ``check_accuracy=False``
     (latency benchmarks only) skips the labelled check; ``int8_fallback=False``: the default
     calibration only."""
@@ -71,7 +76,9 @@ class ExportConfig:
 class ExportImages:
     """Real preprocessed images (float N, C, H, W): ``example`` fixes C, H, W (and a static batch);
     ``verify``: compared with PyTorch; ``calibration``: int8 calibration (256-512 training images);
-    ``check``/``check_labels``: the labelled check set of bf16/int8."""
+    ``check``/``check_labels``: the labelled check set of bf16/int8: labels (N,), or for a segmentation model
+    masks (N, H, W) of class indices at the check images' size, 255 = ignore. A segmentation output is
+    ``K x H x W`` floats per image: keep ``verify`` to a few images (e.g. 8-16)."""
 
     example: torch.Tensor
     verify: torch.Tensor
@@ -110,8 +117,9 @@ def _check_config(config: ExportConfig, fmt: Format) -> None:
         check_int(config.max_batch, "max_batch", minimum=2, accepted="an integer >= 2 (or None for a static batch)")
 
 
-def _checked_images(images: ExportImages, config: ExportConfig) -> ExportImages:
-    """Validated float32 copies; calibration only for int8, the labelled set only where it is judged."""
+def _checked_images(images: ExportImages, config: ExportConfig, reference: nn.Module) -> ExportImages:
+    """Validated float32 copies; calibration only for int8, the labelled set only where it is judged (masks
+    for a segmentation ``reference``, kept as uint8)."""
     ex = images.example
     if not isinstance(ex, torch.Tensor) or ex.dim() != 4 or not ex.is_floating_point():
         raise ValueError(f"example must be a float tensor (N, C, H, W), got {type(ex).__name__} "
@@ -125,8 +133,17 @@ def _checked_images(images: ExportImages, config: ExportConfig) -> ExportImages:
     if config.precision != "fp32" and config.check_accuracy:
         if images.check is None or images.check_labels is None:
             raise ValueError(f"{config.precision} export needs a labelled check set (check_images=, check_labels=) "
-                             f"to refuse a model that loses more than max_drop={config.max_drop} top-1 points")
+                             f"to refuse a model that loses more than max_drop={config.max_drop} top-1 points "
+                             "(mIoU points, with masks, for a segmentation model)")
         out.check = _images("check_images", images.check, ex)
+        with torch.no_grad():
+            shape = tuple(reference(ex[:1]).shape)
+        if is_dense(shape):
+            if shape[2:] != tuple(ex.shape[2:]):
+                raise ValueError(f"the model returns {shape[2]}x{shape[3]} class maps for {ex.shape[2]}x{ex.shape[3]} "
+                                 "images; the mIoU check needs them at the input size")
+            out.check_labels = check_masks(images.check_labels, out.check, shape[1])
+            return out
         out.check_labels = torch.as_tensor(images.check_labels).long().reshape(-1)
         if len(out.check_labels) != len(out.check):
             raise ValueError(f"check_labels has {len(out.check_labels)} entries for {len(out.check)} check images")
@@ -176,7 +193,8 @@ class _StagedFile:
         gated = self.config.precision == "fp32" or (self.config.precision == "bf16" and not self.config.check_accuracy)
         tolerance = (BF16_RTOL if self.config.precision == "bf16" else self.config.rtol) if gated else None
         runtime = verify_file(self.target, report, self.reference, self.images.verify, threads=self.config.threads,
-                              tolerance=tolerance)
+                              tolerance=tolerance,
+                              min_pixel_agreement=SEG_MIN_AGREEMENT if self.config.precision == "fp32" else None)
         return runtime, report
 
 
@@ -207,15 +225,16 @@ def export_model(model: nn.Module, out_path: str | Path, images: ExportImages, c
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_model expects an nn.Module, got {type(model).__name__}")
     _check_config(config, fmt)
-    images = _checked_images(images, config)
     reference = copy.deepcopy(model).eval()
+    images = _checked_images(images, config, reference)
     net, notes = _deploy_net(model, fmt, images.example)
     try:
         with staging_folder(out_path, "export") as stage:
             ref = logits_of(reference, images.verify)
             check = None
             if images.check is not None and images.check_labels is not None:
-                check = CheckSet(images.check, images.check_labels, logits_of(reference, images.check).argmax(1))
+                check = check_set(reference, images.check, images.check_labels,
+                                  int(ref.shape[1]) if ref.ndim == 4 else None)
             base = _base_report(out_path, fmt, config, images.example)
             staged = _StagedFile(fmt, net, stage / out_path.name, images, config, ref, base, base.notes + notes,
                                  None if sidecar is None else {**sidecar, "precision": config.precision})

@@ -1,5 +1,8 @@
 """Classify image files with a trained run, a weight file, or an exported file (ONNX, OpenVINO, ExecuTorch...).
 
+A segmentation model (its registry entry's ``task``) is loaded here too; its masks are made by
+:mod:`.predict_masks`.
+
 Every image goes through :class:`mobilecnn.data.images.Preprocessing`, the transform the model was
 evaluated with (stored in the run's config, the weights' metadata or the export sidecar), so a
 prediction sees the same pixels as ``mobilecnn eval``. Images are decoded and classified in batches
@@ -20,16 +23,18 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data.images import Preprocessing, is_image_name, load_image
 from ..device import resolve_device
-from ..errors import CheckpointError, DataError, NonFiniteError, UsageError
+from ..errors import CheckpointError, DataError, NonFiniteError, UnknownModelError, UsageError
 from ..fields import cli, positive_int
 from ..files import read_json_object
+from ..models import get_model_entry
+from ..models.registry import TASKS
 from ..runs.rundir import load_trained
 from ..validators import check_threads, is_int
 from .formats import SIDECAR_SUFFIX, load_runtime
 
 __all__ = ["PredictConfig", "Prediction", "Predictor", "load_predictor", "expand_inputs", "predict_files",
            "iter_predictions",
-           "preprocess_image", "read_sidecar"]
+           "preprocess_image", "read_sidecar", "model_task"]
 
 MAX_LABELS = 100_000
 
@@ -41,7 +46,9 @@ class PredictConfig:
     images: tuple[str, ...] = field(default=(), metadata=cli("image files or directories (every image in them)",
                                                              positional=True, nargs="+", metavar="IMAGE"))
     model: str = field(default="", metadata=cli("run directory, .safetensors, or an exported file", required=True))
-    topk: int = field(default=5, metadata=cli("classes printed per image", type=positive_int))
+    topk: int = field(default=5, metadata=cli("classes printed per image (classifiers)", type=positive_int))
+    out: str | None = field(default=None, metadata=cli(
+        "segmentation models: where the masks and overlays go (default: ./predictions)", metavar="DIR"))
     threads: int = field(default=1, metadata=cli("runtime threads", type=positive_int))
     device: str = field(default="auto", metadata=cli(
         "run directories and .safetensors: auto, cpu, cuda, cuda:N or mps (exported files run on the CPU)"))
@@ -66,6 +73,18 @@ class Predictor:
     class_names: list[str]
     preprocessing: Preprocessing
     source: str
+    model: str = ""  # the registry name, when known
+    task: str = "classification"  # or "segmentation": one class per pixel (see .predict_masks)
+
+
+def model_task(model: Any, data: Any = None) -> str:
+    """What ``model`` (a registry name) predicts: its registry entry's ``task``; for a name the registry does
+    not know, the ``task`` recorded in the dataset description ``data``, else ``"classification"``."""
+    try:
+        return get_model_entry(str(model)).task
+    except UnknownModelError:
+        task = data.get("task") if isinstance(data, dict) else None
+        return task if task in TASKS else "classification"
 
 
 def _labels(names: Any, num_classes: int | None, where: str) -> list[str]:
@@ -111,7 +130,8 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
                                   f"with in_chans={loaded.model.in_chans}")
         names = _labels(loaded.data.get("class_names"), getattr(loaded.model, "num_classes", None),
                         f"{loaded.weights_file} metadata")
-        return Predictor(logits, names, pre, source=f"{loaded.model_name} ({loaded.weights} weights, PyTorch)")
+        return Predictor(logits, names, pre, source=f"{loaded.model_name} ({loaded.weights} weights, PyTorch)",
+                         model=loaded.model_name, task=model_task(loaded.model_name, loaded.data))
     if device is not None and str(device).strip().lower() not in ("auto", "cpu"):
         raise UsageError(f"--device {device} applies to run directories and .safetensors files; {path.name} runs "
                          "in its own runtime on the CPU (pass --device cpu or auto)")
@@ -123,7 +143,8 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
     names = _labels(data.get("class_names") if isinstance(data, dict) else None, None, where)
     runtime = load_runtime(path, threads=threads)
     return Predictor(runtime, names, pre,
-                     source=f"{info.get('model')} ({path.suffix[1:]} file, {info.get('precision', 'fp32')})")
+                     source=f"{info.get('model')} ({path.suffix[1:]} file, {info.get('precision', 'fp32')})",
+                     model=str(info.get("model") or ""), task=model_task(info.get("model"), data))
 
 
 def preprocess_image(path: str | Path, predictor: Predictor) -> np.ndarray:
@@ -170,6 +191,9 @@ def iter_predictions(inputs: Sequence[str | Path], predictor: Predictor, topk: i
     """Predictions in input order, decoded and classified ``batch_size`` images at a time."""
     if not is_int(topk) or topk < 1:
         raise DataError(f"--topk must be an integer >= 1, got {topk!r}")
+    if predictor.task != "classification":
+        raise UsageError(f"{predictor.source} is a {predictor.task} model: its predictions are masks "
+                         "(mobilecnn.deploy.predict_masks.predict_masks), not labels")
     pending: list[Prediction] = []
     ready: list[tuple[Prediction, np.ndarray]] = []
     for path in expand_inputs(inputs):

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,6 +75,8 @@ class Int8Report:
     drop: float
     agreement: float
     images: int
+    #: What ``max_drop`` and ``drop`` count (a segmentation model's check is a ``dense.MiouReport``: mIoU points).
+    unit: ClassVar[str] = "pt"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,14 +302,17 @@ def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     return (torch.round(flat / scale[:, None]).clamp(-127, 127) * scale[:, None]).reshape(w.shape)
 
 
-def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int = 32) -> list[tuple[str, float]]:
+def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int = 32,
+                     batch_size: int | None = None) -> list[tuple[str, float]]:
     """Layers of ``net`` (convs and linears), most int8-sensitive first, with their score.
 
     Each layer alone gets s8 per-channel weights and u8 per-tensor (min/max) input activations, in
-    PyTorch; the score is the mean KL divergence of the softmax from the float model's on ``images``
-    calibration images. Backend-independent, one forward per layer.
+    PyTorch; the score is the mean KL divergence of the softmax (over dimension 1: per image, or per pixel
+    of a segmentation output) from the float model's on ``images`` calibration images, run ``batch_size``
+    at a time (None: all at once). Backend-independent, one forward per layer.
     """
     x = calibration[:images]
+    chunks = [x] if batch_size is None else [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
     layers = [(n, m) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     ranges: dict[str, tuple[float, float]] = {}
 
@@ -321,7 +326,7 @@ def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int =
     handles = [m.register_forward_pre_hook(record(n)) for n, m in layers]
     try:
         with torch.no_grad():
-            ref = torch.log_softmax(net(x).float(), 1)
+            refs = [torch.log_softmax(net(c).float(), 1) for c in chunks]
     finally:
         for h in handles:
             h.remove()
@@ -341,10 +346,11 @@ def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int =
         handle = m.register_forward_pre_hook(fq)
         try:
             with torch.no_grad():
-                out = torch.log_softmax(net(x).float(), 1)
+                kls = [(ref.exp() * (ref - torch.log_softmax(net(c).float(), 1))).sum(1)
+                       for c, ref in zip(chunks, refs)]
         finally:
             handle.remove()
             m.weight.data = saved
-        kl = float((ref.exp() * (ref - out)).sum(1).mean())
+        kl = float(kls[0].mean()) if len(kls) == 1 else float(sum(k.sum() for k in kls) / sum(k.numel() for k in kls))
         scores.append((name, max(kl, 0.0)))  # rounding can make a ~0 KL slightly negative
     return sorted(scores, key=lambda t: -t[1])

@@ -6,6 +6,14 @@ the bf16/int8 accuracy check -- and calls :func:`mobilecnn.deploy.export.export_
 :func:`mobilecnn.deploy.auto.auto_export` (``--format auto``). Beside the file it writes the
 ``<file>.mobilecnn.json`` sidecar (model, labels, preprocessing, verification numbers) that ``predict``
 and ``bench`` read.
+
+A run trained on a segmentation dataset (its data description a ``SegDataInfo``: ``"task":
+"segmentation"``) is exported on its own data: images and masks of its folder at the run's resolution (the
+training crop), the images resized bilinearly and the masks nearest-neighbour
+(:func:`mobilecnn.data.segmentation_samples.segmentation_samples`); its bf16/int8 files are judged by their
+mIoU drop. Its outputs are ``K x H x W`` per image, so the verification set is :data:`SEG_VERIFY_COUNT`
+images at most and the check and calibration sets are bounded by input pixels (:data:`SEG_CHECK_PIXELS`,
+:data:`SEG_CALIBRATION_PIXELS`); the result's notes say when they cut the counts asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from typing import Any
 import torch
 
 from ..data import Preprocessing, load_data, locate_dataset
-from ..data.names import FASHION_MNIST
+from ..data.names import FASHION_MNIST, segmentation_folder
+from ..data.segmentation_samples import segmentation_samples
 from ..errors import UsageError
 from ..fields import cli, positive_int
 from ..runs.rundir import load_trained
@@ -27,9 +36,17 @@ from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, PRECISIONS, SIDECAR_SUFFIX
 from .precision import DEFAULT_MAX_DROP
 
-__all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION"]
+__all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION", "SEG_VERIFY_COUNT",
+           "SEG_CHECK_PIXELS", "SEG_CALIBRATION_PIXELS"]
 
 MAX_CALIBRATION = 2048  # int8 calibration holds activations of every image: 60,000 tiny images took 21 GB
+#: Segmentation runs: at most this many verification images (their logits are K x H x W each) ...
+SEG_VERIFY_COUNT = 16
+#: ... and at most this many input pixels in those, in the mIoU check set and in the int8 calibration set
+#: (513 x 513 crops: 7 verification, 63 check and 15 calibration images; 128 x 128: 16, 1024 and 256).
+SEG_VERIFY_PIXELS = 1 << 21
+SEG_CHECK_PIXELS = 1 << 24
+SEG_CALIBRATION_PIXELS = 1 << 22
 
 
 def sample_images(data: str, *, data_dir: str | None, resolution: int, split: str, count: int, seed: int = 0,
@@ -74,8 +91,8 @@ class RunExportConfig:
     data_dir: str | None = field(default=None, metadata=cli(
         "where the run's dataset lies (default: its recorded place)"))
     max_drop: float = field(default=DEFAULT_MAX_DROP, metadata=cli(
-        "refuse bf16/int8 losing more top-1 points than this (int8 first tries other calibrations and keeps the "
-        "most sensitive layers in float)"))
+        "refuse bf16/int8 losing more top-1 points (mIoU points for a segmentation run) than this (int8 first "
+        "tries other calibrations and keeps the most sensitive layers in float)"))
     threads: int = field(default=1, metadata=cli("runtime threads for verification and timing", type=positive_int))
     batch: int = field(default=1, metadata=cli("auto: batch size the candidates are timed at", type=positive_int))
     seconds: float | None = field(default=None, metadata=cli(
@@ -119,19 +136,42 @@ def _default_out(config: RunExportConfig, model_name: str, run_dir: Path | None)
     return Path(base) / "export" / f"{model_name}{tag}{FORMATS[config.format].suffix}"
 
 
-def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Export a trained run (``options``: the other :class:`RunExportConfig` fields); returns the export
-    report (or the auto table) plus the sidecar path. Raises on failure, leaving nothing behind."""
-    config = RunExportConfig(run=str(run), format=fmt, out=None if out is None else str(out), **options)
-    _check(config)
-    auto = config.format == "auto"
-    precision = config.precision or "fp32"
-    loaded = load_trained(config.run)
-    info = loaded.data
+def _segmentation_images(config: RunExportConfig, info: dict[str, Any], preprocessing: Preprocessing,
+                         checked: bool, calibrated: bool) -> tuple[ExportImages, list[str]]:
+    """A segmentation run's export images (module docstring) and notes on the counts cut by the pixel bounds."""
+    folder = config.data_dir or segmentation_folder(str(info.get("name") or ""))
+    if not folder:
+        raise UsageError(f"the run's dataset description names no folder ({info.get('name')!r}); pass --data-dir")
+    r = preprocessing.resolution
+    notes: list[str] = []
+
+    def bounded(count: int, pixels: int, what: str) -> int:
+        most = max(1, pixels // (r * r))
+        if count > most:
+            notes.append(f"{what}: {most} images of {r}x{r} instead of {count} (segmentation outputs are large; "
+                         f"at most {pixels} input pixels)")
+        return min(count, most)
+
+    def sample(data: str, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return segmentation_samples(data, r, split, count, preprocessing=preprocessing)
+
+    verify_count = min(SEG_VERIFY_COUNT, max(1, SEG_VERIFY_PIXELS // (r * r)))
+    if checked:
+        check, masks = sample(folder, "val", bounded(config.check_count, SEG_CHECK_PIXELS, "mIoU check set"))
+        verify = check[:verify_count]
+    else:
+        check, masks = None, None
+        verify = sample(folder, "val", verify_count)[0]
+    calibration = sample(config.calibration_data or folder, "train", bounded(
+        config.calibration_count, SEG_CALIBRATION_PIXELS, "int8 calibration set"))[0] if calibrated else None
+    return ExportImages(verify[:1], verify, calibration, check, masks), notes
+
+
+def _run_images(config: RunExportConfig, info: dict[str, Any], preprocessing: Preprocessing,
+                checked: bool, calibrated: bool) -> tuple[ExportImages, list[str]]:
+    """The export images of a classification run: real images of its dataset, and notes."""
     dataset, data_dir = locate_dataset(info.get("name") or FASHION_MNIST, config.data_dir)
-    preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
     own = info.get("preprocessing")  # a fine-tuned run: its init weights' normalisation
-    checked = precision != "fp32" or auto
 
     def sample(data: str, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_images(data, data_dir=data_dir, resolution=preprocessing.resolution, split=split, count=count,
@@ -139,15 +179,31 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **optio
 
     verify, labels = sample(dataset, "val", config.check_count if checked else 256)
     calibration = sample(config.calibration_data or dataset, "train", config.calibration_count)[0] \
-        if auto or precision == "int8" else None
-    images = ExportImages(verify[:1], verify[:256], calibration, verify if checked else None,
-                          labels if checked else None)
-    sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
-               "format": config.format, "data": info, "preprocessing": preprocessing.to_dict()}
+        if calibrated else None
     notes = []
     if calibration is not None and len(calibration) < 32:
         notes.append(f"int8 calibrated on only {len(calibration)} training images (the dataset has no more): "
                      "ranges may be poor, the accuracy check decides")
+    return ExportImages(verify[:1], verify[:256], calibration, verify if checked else None,
+                        labels if checked else None), notes
+
+
+def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Export a trained run (``options``: the other :class:`RunExportConfig` fields); returns the export
+    report (or the auto table) plus the sidecar path. Raises on failure, leaving nothing behind.
+    A segmentation run (module docstring) is verified per pixel and judged by its mIoU drop."""
+    config = RunExportConfig(run=str(run), format=fmt, out=None if out is None else str(out), **options)
+    _check(config)
+    auto = config.format == "auto"
+    precision = config.precision or "fp32"
+    loaded = load_trained(config.run)
+    info = loaded.data
+    preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
+    checked, calibrated = precision != "fp32" or auto, auto or precision == "int8"
+    gather = _segmentation_images if info.get("task") == "segmentation" else _run_images
+    images, notes = gather(config, info, preprocessing, checked, calibrated)
+    sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
+               "format": config.format, "data": info, "preprocessing": preprocessing.to_dict()}
     out_path = _default_out(config, loaded.model_name, loaded.run_dir)
     if auto:
         result = auto_export(loaded.model, out_path, images, AutoConfig(

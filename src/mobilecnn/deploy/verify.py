@@ -6,6 +6,10 @@ where the file's batch is dynamic); bf16 and int8 are judged by their top-1 drop
 (latency measurement): bf16 keeps 8 mantissa bits, so a trained model's logits move ~4e-3 relative,
 but a barely trained one, whose logits nearly tie, moved 0.28 with no top-1 loss
 (benchmarks/results/auto_on_runs.md). Non-finite logits are always refused.
+
+Segmentation models (output N, K, H, W: :mod:`mobilecnn.deploy.dense`): fp32 must also give the same class
+as PyTorch on at least :data:`SEG_MIN_AGREEMENT` of the verification pixels; ``top1_agreement`` is then per
+pixel, and ``pixel_agreement`` says so. bf16/int8 are judged by their mIoU drop instead of top-1.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ import torch
 from torch import nn
 
 from ..errors import ExportVerificationError
+from .dense import MiouReport, all_finite, dense_batch, max_abs_diff, pixel_agreement
 from .formats import load_runtime
 from .quantize import Int8Report
 from .runtimes import Runtime
 
-__all__ = ["ExportReport", "BF16_RTOL", "logits_of", "verify_file"]
+__all__ = ["ExportReport", "BF16_RTOL", "SEG_MIN_AGREEMENT", "logits_of", "verify_file"]
 
 #: bf16 logits closeness, held only when no labelled check runs (module docstring).
 BF16_RTOL = 0.05
+#: fp32 segmentation files: the least fraction of verification pixels whose argmax class equals PyTorch's.
+SEG_MIN_AGREEMENT = 0.999
 
 
 @dataclass
@@ -34,8 +41,11 @@ class ExportReport:
     """What was written and how well it matched PyTorch on the verification images.
 
     ``rel_diff`` = max |runtime - torch| / max |torch| over all logits; ``top1_agreement`` is the
-    fraction (0-1) of verification images with the same top-1 class. ``file_bytes`` counts every file
-    written (OpenVINO: .xml + .bin). ``int8_report`` is the labelled accuracy check of bf16/int8 exports.
+    fraction (0-1) of verification images with the same top-1 class -- for a segmentation model (output
+    N, K, H, W) the fraction of verification *pixels* with the same class, also given as
+    ``pixel_agreement`` (absent for classifiers). ``file_bytes`` counts every file written (OpenVINO:
+    .xml + .bin). ``int8_report`` is the labelled accuracy check of bf16/int8 exports (a
+    :class:`~mobilecnn.deploy.dense.MiouReport` for a segmentation model).
     """
 
     path: Path
@@ -49,29 +59,49 @@ class ExportReport:
     dynamic_batch: bool = True
     static_batch: int | None = None
     scheme: str = "fp32"
-    int8_report: Int8Report | None = None
+    int8_report: Int8Report | MiouReport | None = None
     calibration: str | None = None
     float_layers: list[str] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    pixel_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)
+        if self.pixel_agreement is None:  # a classifier's report, as it always was
+            del d["pixel_agreement"]
+        else:
+            d["agreement_per"] = "pixel"
+        if isinstance(self.int8_report, MiouReport):
+            d["int8_report"] = self.int8_report.to_dict()
         return d
 
 
 def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """PyTorch's logits for ``images``, in batches."""
+    """PyTorch's logits for ``images``, in batches (a segmentation model's of about
+    :data:`~mobilecnn.deploy.dense.DENSE_BATCH_PIXELS` input pixels), written into one array."""
+    out: np.ndarray | None = None
+    step = batch_size
     with torch.no_grad():
-        return np.concatenate([model(images[i:i + batch_size]).float().numpy()
-                               for i in range(0, len(images), batch_size)])
+        i = 0
+        while i < len(images):
+            y = model(images[i:i + step]).float().numpy()
+            if out is None:
+                out = np.empty((len(images), *y.shape[1:]), np.float32)
+                if y.ndim == 4:  # a class map per image: smaller batches from now on
+                    step = min(step, dense_batch(tuple(images.shape)))
+            out[i:i + len(y)] = y
+            i += len(y)
+    return out if out is not None else np.empty((0,), np.float32)
 
 
 def verify_file(target: Path, report: ExportReport, reference: np.ndarray, images: torch.Tensor, *, threads: int,
-                tolerance: float | None) -> Runtime:
+                tolerance: float | None, min_pixel_agreement: float | None = None) -> Runtime:
     """Load ``target`` and fill ``report``'s agreement fields from its logits on ``images`` against
     ``reference``; raise :class:`ExportVerificationError` (with the report) for another shape, non-finite
-    logits, or a relative difference above ``tolerance`` (None: not gated). Returns the loaded runtime."""
+    logits, a relative difference above ``tolerance`` (None: not gated) or, for a segmentation output
+    (N, K, H, W), a per-pixel class agreement below ``min_pixel_agreement`` (None: not gated). Returns the
+    loaded runtime."""
     runtime = load_runtime(target, threads=threads, trusted=True)  # the file this process just wrote
     name = report.path.name
     out = runtime(images.numpy())
@@ -79,18 +109,28 @@ def verify_file(target: Path, report: ExportReport, reference: np.ndarray, image
         report.max_abs_diff = report.rel_diff = float("inf")
         raise ExportVerificationError(f"{name}: the {report.format} runtime returned shape {out.shape}, "
                                       f"PyTorch {reference.shape}", report)
-    max_abs = float(np.abs(out - reference).max())
+    max_abs = max_abs_diff(out, reference)
     if report.dynamic_batch and len(images) > 1:  # the dynamic batch must work for a single image too
-        max_abs = max(max_abs, float(np.abs(runtime(images[:1].numpy()) - reference[:1]).max()))
+        max_abs = max(max_abs, max_abs_diff(runtime(images[:1].numpy()), reference[:1]))
     report.max_abs_diff = max_abs
-    report.rel_diff = max_abs / max(float(np.abs(reference).max()), 1e-30)
-    report.top1_agreement = float(np.mean(out.argmax(1) == reference.argmax(1)))
-    if not np.isfinite(out).all():
+    report.rel_diff = max_abs / max(float(np.max([np.abs(r).max() for r in reference])), 1e-30)
+    dense = out.ndim == 4
+    if dense:
+        report.top1_agreement = report.pixel_agreement = pixel_agreement(out, reference)
+    else:
+        report.top1_agreement = float(np.mean(out.argmax(1) == reference.argmax(1)))
+    if not all_finite(out):
         raise ExportVerificationError(f"{name}: the {report.format} {report.precision} file returned non-finite "
                                       "logits; the file was deleted", report)
+    agreement = f"{'pixel' if dense else 'top-1'} agreement {100 * report.top1_agreement:.{3 if dense else 1}f}%"
     if tolerance is not None and not report.rel_diff <= tolerance:
         raise ExportVerificationError(
             f"{name}: the {report.format} {report.precision} file disagrees with PyTorch on {len(images)} "
             f"verification images: max |diff| {max_abs:.3g}, relative {report.rel_diff:.3g} > rtol {tolerance:g}, "
-            f"top-1 agreement {100 * report.top1_agreement:.1f}%; the file was deleted", report)
+            f"{agreement}; the file was deleted", report)
+    if dense and min_pixel_agreement is not None and not report.top1_agreement >= min_pixel_agreement:
+        raise ExportVerificationError(
+            f"{name}: the {report.format} {report.precision} file gives PyTorch's class on only "
+            f"{100 * report.top1_agreement:.3f}% of the pixels of {len(images)} verification images (at least "
+            f"{100 * min_pixel_agreement:g}% needed); the file was deleted", report)
     return runtime

@@ -11,13 +11,15 @@ from typing import Any
 
 from ..data import DATASETS, FASHION_MNIST
 from ..data.images import MAX_RESOLUTION
+from ..data.names import SCENES
 from ..errors import TrainError
 from ..fields import cli, positive_int
 from ..files import sha256_of
 from ..models import get_model_entry
 from ..validators import check_choice, check_int, check_number, check_positive_int, check_threads, refuse
 
-__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TrainConfig", "TrainSettings", "resolve", "resume_value"]
+__all__ = ["Recipe", "RECIPES", "SCHEDULES", "TRAINED_TASKS", "TrainConfig", "TrainSettings", "resolve",
+           "resume_value"]
 
 
 def resume_value(text: str) -> bool | str:
@@ -49,6 +51,8 @@ class Recipe:
     crop_padding: int = 4  # in-memory datasets: random crop of the image zero-padded by this many pixels
     batch_size: int = 256
     description: str = ""
+    task: str = "classification"  # the models it trains (registry task)
+    crop_size: int | None = None  # segmentation: the training crop (None: the dataset's image side)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -67,8 +71,21 @@ RECIPES: dict[str, Recipe] = {
     "fast": Recipe("sgd", 0.3, 64, "onecycle", 5e-5, 0.1, warmup_epochs=0.0, crop_padding=0, batch_size=64,
                    description="fast CPU recipe: SGD nesterov, one-cycle lr 0.3@64, batch 64, wd 5e-5, LS 0.1, "
                                "flip only"),
+    # DeepLabv3 (Chen et al. 2017, section 4) as DeepLab's train.py runs it for MobileNet backbones: momentum
+    # 0.9, "poly" decay (power 0.9) from 0.007 at batch 16, wd 4e-5, 513 crops, random scale 0.5-2.0 + flip.
+    "deeplab": Recipe("momentum", 0.007, 16, "poly", 4e-5, 0.0, batch_size=16, crop_padding=0, crop_size=513,
+                      task="segmentation",
+                      description="DeepLabv3: SGD momentum 0.9, poly(0.9) lr 0.007@16, wd 4e-5, crop 513, "
+                                  "scale 0.5-2.0, flip"),
+    # Fast CPU recipe for segmenters on small scenes (docs/segmentation.md says how it was chosen).
+    "fast_segmentation": Recipe("adamw", 6e-3, 8, "poly", 1e-4, 0.0, warmup_epochs=0.1, batch_size=8,
+                                crop_padding=0, task="segmentation",
+                                description="fast CPU segmentation recipe: AdamW, poly(0.9) lr 6e-3@8 with a "
+                                            "0.1-epoch warm-up, wd 1e-4, crop = image side, scale 0.5-2.0, flip"),
 }
-SCHEDULES = ("linear", "cosine", "onecycle", "exponential", "constant")
+SCHEDULES = ("linear", "cosine", "onecycle", "exponential", "constant", "poly")
+#: The tasks `train` covers (a detection model is refused until its road exists).
+TRAINED_TASKS = ("classification", "segmentation")
 MAX_EPOCHS = 100_000
 
 
@@ -77,13 +94,15 @@ class TrainConfig:
     """Everything a run depends on; stored in ``config.json`` of the run directory."""
 
     model: str = field(metadata=cli("registered model name (see `mobilecnn list`)", required=True))
-    data: str = field(default=FASHION_MNIST,
-                      metadata=cli(f"{', '.join(DATASETS)}, or a folder with train/ and val/"))
+    data: str = field(default=FASHION_MNIST, metadata=cli(
+        f"{', '.join(DATASETS)}, or a folder with train/ and val/; segmenters: a Pascal VOC folder, a folder of "
+        f"train|val/{{images,masks}}, or {SCENES} (the default: Fashion-MNIST scenes, generated once into a cache)"))
     data_dir: str | None = field(default=None, metadata=cli(
         "where Fashion-MNIST/CIFAR live (default: $MOBILECNN_DATA_DIR or /usr/share/datasets/fashion-mnist)"))
     out: str | None = field(default=None, metadata=cli("run directory (default runs/MODEL)"))
     recipe: str | None = field(default=None, metadata=cli(
-        "fast (default on small datasets), shufflenet, mobilenetv2", choices=list(RECIPES)))
+        "classifiers: fast (default on small datasets), shufflenet, mobilenetv2; segmenters: fast_segmentation "
+        "(default), deeplab", choices=list(RECIPES)))
     epochs: float = field(default=5, metadata=cli("epochs (fractions allowed)"))
     batch_size: int | None = field(default=None, metadata=cli(
         "global batch, kept under torchrun (default: the recipe's: fast 64, shufflenet/mobilenetv2 256)",
@@ -106,7 +125,12 @@ class TrainConfig:
     val_subset: int | None = field(default=None, metadata=cli("evaluate on N validation images",
                                                               type=positive_int))
     resolution: int | None = field(default=None, metadata=cli(
-        "image side (default 32 for small datasets, 224 for folders)", type=positive_int))
+        "image side (default 32 for small datasets, 224 for folders); segmenters: the training crop (default: the "
+        "recipe's, else the largest image side)", type=positive_int))
+    output_stride: int | None = field(default=None, metadata=cli(
+        "segmenters: output stride 16 (default) or 8", type=positive_int))
+    aspp: bool | None = field(default=None, metadata=cli(
+        "segmenters: DeepLabv3's atrous branches (default off: the paper's MNV2* head)"))
     small_input: bool | None = field(default=None, metadata=cli("small-image stem (default: on for resolution <= 64)"))
     checkpoint_every: int = field(default=200, metadata=cli("steps between checkpoints", type=positive_int))
     workers: int = field(default=2, metadata=cli("DataLoader workers for image folders"))
@@ -146,7 +170,7 @@ class TrainConfig:
         identity = {k: getattr(self, k) for k in keys}
         # fine-tuning settings only when used, so the identity of every other run is unchanged
         for key, default in (("init", None), ("freeze_backbone", False), ("backbone_lr_scale", 1.0),
-                             ("freeze_bn", False)):
+                             ("freeze_bn", False), ("output_stride", None), ("aspp", None)):
             if getattr(self, key) != default:
                 identity[key] = getattr(self, key)
         if self.init is not None:  # the file's content, not its name: resuming with other weights is refused
@@ -172,9 +196,11 @@ class TrainSettings:
     out: str
 
 
-def _recipe_name(cfg: TrainConfig) -> str:
+def _recipe_name(cfg: TrainConfig, task: str) -> str:
     if cfg.recipe is not None:
         return cfg.recipe
+    if task == "segmentation":
+        return "fast_segmentation"
     if cfg.data in DATASETS:
         return "fast"
     return "shufflenet" if get_model_entry(cfg.model).family == "shufflenet_v1" else "mobilenetv2"
@@ -186,13 +212,20 @@ def _pick(value: Any, default: Any) -> Any:
 
 def resolve(cfg: TrainConfig) -> TrainSettings:
     """Check ``cfg`` and fill in its defaults from the recipe; raises :class:`TrainError` naming the option."""
-    if get_model_entry(cfg.model).task != "classification":  # unknown model -> UnknownModelError naming the closest
-        raise TrainError(f"--model {cfg.model}: training covers the image classifiers; {cfg.model} is a "
-                         f"{get_model_entry(cfg.model).task} model")
-    name = _recipe_name(cfg)
+    task = get_model_entry(cfg.model).task  # unknown model -> UnknownModelError naming the closest
+    if task not in TRAINED_TASKS:
+        raise TrainError(f"--model {cfg.model}: training covers {' and '.join(TRAINED_TASKS)} models; {cfg.model} "
+                         f"is a {task} model")
+    name = _recipe_name(cfg, task)
     if name not in RECIPES:
         raise TrainError(f"unknown recipe {name!r}; accepted: {', '.join(RECIPES)}")
     recipe = RECIPES[name]
+    if recipe.task != task:
+        accepted = [k for k, r in RECIPES.items() if r.task == task]
+        raise TrainError(f"--recipe {name} trains {recipe.task} models and {cfg.model} is a {task} model; "
+                         f"accepted: {', '.join(accepted)}")
+    if task != "segmentation" and (cfg.output_stride is not None or cfg.aspp is not None):
+        raise TrainError(f"--output-stride and --aspp apply to segmentation models; {cfg.model} is a {task} model")
     batch_size = _pick(cfg.batch_size, recipe.batch_size)
     lr = _pick(cfg.lr, None)
     settings = TrainSettings(
@@ -233,6 +266,8 @@ def _check(cfg: TrainConfig, s: TrainSettings) -> None:
             check_positive_int(value, option, error=e)
     if cfg.resolution is not None:
         check_positive_int(cfg.resolution, "--resolution", maximum=MAX_RESOLUTION, error=e)
+    if cfg.output_stride is not None:
+        check_choice(cfg.output_stride, "--output-stride", (16, 8), error=e)
     check_int(cfg.seed, "--seed", minimum=-2**63, maximum=2**64 - 1, error=e,
               accepted="an integer in [-2**63, 2**64) (torch.manual_seed's range)")
     check_positive_int(cfg.checkpoint_every, "--checkpoint-every", error=e)

@@ -27,90 +27,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import Batches, DataInfo, is_folder_dataset, load_data
+from ..data import Batches, DataInfo
 from ..device import amp_dtype, grad_scaler, resolve_device, set_deterministic, synchronize
-from ..errors import NonFiniteError, NonFiniteLossError, TrainError
-from ..models import create_model
+from ..errors import NonFiniteLossError, TrainError
 from ..plots import plot_training_curves
 from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
 from ..runs.layout import CURVES_FILE, METRICS_FILE
 from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
 from .config import TrainConfig, TrainSettings, resolve
 from .distributed import DistContext, default_threads, env_local_rank, env_world_size, init_distributed
-from .finetune import build_initialized, finetune_param_groups, freeze_backbone_, freeze_batchnorm_, read_init
-from .losses import SmoothedCrossEntropy
+from .evaluation import evaluate
+from .finetune import finetune_param_groups, freeze_backbone_, freeze_batchnorm_, read_init
 from .optim import ModelEma, learning_rate, make_optimizer, param_groups, recalibrate_batchnorm
+from .tasks import Loading, Task, task_of
 
 __all__ = ["fit", "train", "train_one_epoch", "evaluate", "EpochStats"]
 
 Callback = Callable[[str, dict[str, Any]], None]
 
 _CPU = torch.device("cpu")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Batches, channels_last: bool = False, amp: bool = False,
-             num_classes: int | None = None, keep_logits: bool = False) -> dict[str, Any]:
-    """Top-1, top-5, loss and the confusion matrix of ``model`` over every batch of ``loader`` (epoch 0).
-
-    Under torch.distributed, counts are summed over ranks (each rank holds a shard). ``keep_logits``
-    adds the per-image ``logits`` and ``labels`` (single process). Non-finite logits raise
-    :class:`NonFiniteError`: an accuracy computed from NaN is not a result.
-    """
-    model.eval()
-    n_cls = num_classes or getattr(model, "num_classes", None)
-    if n_cls is None:
-        raise TypeError("evaluate: pass num_classes for a model without a num_classes attribute")
-    confusion = torch.zeros(n_cls, n_cls, dtype=torch.long)
-    correct5 = torch.zeros((), dtype=torch.long)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    all_logits, all_labels = [], []
-    for x, y in loader.batches(0):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=amp):
-            logits = model(x)
-        logits = logits.float().cpu()  # the counts live on the CPU (a no-op there)
-        y = y.cpu()
-        if not bool(torch.isfinite(logits).all()):
-            raise NonFiniteError(f"the model produced NaN/inf outputs on "
-                                 f"{int((~torch.isfinite(logits)).any(1).sum())} of {len(y)} images: its weights or "
-                                 "normalisation are broken; no accuracy is reported")
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        pred = logits.argmax(1)
-        confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
-        k = min(5, logits.shape[1])
-        correct5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum()
-        if keep_logits:
-            all_logits.append(logits)
-            all_labels.append(y)
-    if dist.is_available() and dist.is_initialized():
-        for t in (confusion, correct5, loss_sum):
-            _all_reduce_host(t)
-    total = int(confusion.sum())
-    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
-    result = {
-        "samples": total,
-        "top1": 100.0 * float(confusion.diag().sum()) / max(1, total),
-        "top5": 100.0 * float(correct5) / max(1, total),
-        "loss": float(loss_sum) / max(1, total),
-        "per_class_accuracy": [100.0 * a for a in per_class],
-        "confusion": confusion.tolist(),
-    }
-    if keep_logits:
-        result["logits"] = torch.cat(all_logits) if all_logits else torch.zeros(0, n_cls)
-        result["labels"] = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
-    return result
-
-
-def _all_reduce_host(t: torch.Tensor) -> None:
-    """Sum a CPU tensor over ranks (NCCL reduces only GPU tensors: a round trip through this rank's GPU)."""
-    if dist.get_backend() == "nccl":
-        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(on_gpu)
-        t.copy_(on_gpu.cpu())
-    else:
-        dist.all_reduce(t)
 
 
 @dataclass
@@ -143,6 +78,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     ema: ModelEma | None
     criterion: nn.Module
+    task: Task
     train_loader: Batches
     info: DataInfo
     steps_per_epoch: int
@@ -222,7 +158,7 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
         batch = y.shape[0]
         stats.seen += batch
         stats.loss_sum += float(loss.detach()) * batch
-        stats.correct += float((logits.detach().argmax(1) == y).sum())
+        stats.correct += run.task.correct(logits, y)
         if run.compile_pending:  # the first step compiled the model: its time is compile time, not training
             synchronize(run.device)
             run.compile_time_s = time.perf_counter() - t0
@@ -244,31 +180,20 @@ def train_one_epoch(run: _Run, epoch: int, start_in_epoch: int, stats: EpochStat
 def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir: Path, notify: Callback,
            device: torch.device = _CPU) -> tuple[_Run, Batches, dict[str, Any], dict[str, Any]]:
     s = settings
+    task = task_of(s.recipe.task)
     init = read_init(cfg.init) if cfg.init else None
-    # fine-tuning: the weights' own normalisation (train/finetune.py), at their resolution unless --resolution
-    init_pre = init.preprocessing if init is not None and (
-        isinstance(init.data.get("preprocessing"), dict) or is_folder_dataset(init.data.get("name", ""))) else None
-    train_loader, val_loader, info = load_data(
-        cfg.data, data_dir=cfg.data_dir, resolution=cfg.resolution or (init_pre.resolution if init_pre else None),
-        batch_size=s.batch_size // ddp.world_size,
-        seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset, rank=ddp.rank, world_size=ddp.world_size,
-        workers=cfg.workers, on_corrupt=cfg.on_corrupt, crop_padding=s.crop_padding, preprocessing=init_pre,
-        device=device)  # on the CPU the same code runs (the in-memory data stays where it is)
-    small_input = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
+    # on the CPU the same code runs (the in-memory data stays where it is)
+    train_loader, val_loader, info = task.load(cfg, s, Loading(s.batch_size // ddp.world_size, ddp.rank,
+                                                               ddp.world_size, device), init)
     torch.manual_seed(cfg.seed)
-    if init is not None:
-        model, model_kwargs = build_initialized(init, cfg.model, num_classes=info.num_classes, in_chans=info.in_chans,
-                                                small_input=cfg.small_input, model_kwargs=cfg.model_kwargs)
-        small_input = init.small_input
-    else:
-        model_kwargs = dict(cfg.model_kwargs)
-        model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, small_input=small_input,
-                             **model_kwargs)
+    built = task.build(cfg, info, init)
+    model, model_kwargs, small_input = built.model, built.model_kwargs, built.small_input
     if cfg.freeze_backbone:
         freeze_backbone_(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    side = -(-info.resolution // getattr(model, "total_stride", 1))
+    # the last stage's BN (a DeepLab head's image-pooling branch: one value per image) needs two values
+    side = 1 if task.name == "segmentation" else -(-info.resolution // getattr(model, "total_stride", 1))
     if (s.batch_size // ddp.world_size) * side * side < 2:
         raise TrainError(f"a batch of {s.batch_size // ddp.world_size} image(s) per process at {info.resolution} px "
                          f"leaves BatchNorm one value per channel in the last stage ({side}x{side}); use "
@@ -306,8 +231,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
     if cfg.compile:
         net = cast(nn.Module, torch.compile(net, dynamic=False))  # an OptimizedModule; the stub says Callable
     run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
-               criterion=(SmoothedCrossEntropy(s.label_smoothing) if device.type == "cuda" and cfg.deterministic
-                          else nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)),
+               criterion=task.criterion(s, device.type == "cuda" and cfg.deterministic), task=task,
                train_loader=train_loader, info=info,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                warmup_steps=int(s.warmup_epochs * steps_per_epoch),
@@ -319,6 +243,16 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
     return run, val_loader, record_settings, config_record
 
 
+def _sync_buffers(run: _Run) -> None:
+    """Rank 0's BN statistics (and EMA buffers) to every rank before evaluating: DDP broadcasts buffers at the
+    start of each training forward, so after the last step each rank holds the statistics of its own last
+    batch, and the ranks' shards would be scored by slightly different models (rank 0's is the one saved)."""
+    modules = [run.model] + ([run.ema] if run.ema is not None else [])
+    for module in modules:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, stats: EpochStats, finished: bool,
                   n_epochs: int) -> dict[str, Any]:
     cfg = run.cfg
@@ -327,24 +261,24 @@ def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, sta
     if last_epoch and run.settings.bn_recalibration:
         recalibrate_batchnorm(run.model, run.train_loader.batches(epoch + 1000), cfg.bn_recalibration_batches,
                               cfg.channels_last)
+    if run.ddp.world_size > 1:
+        _sync_buffers(run)
     record = stats.record(epoch + (in_epoch / run.steps_per_epoch if not epoch_done else 1), run.step,
                           run.ddp.world_size, run.optimizer.param_groups[0]["lr"])
     if cfg.compile:
         record["compile_time_s"] = run.compile_time_s  # the first step's time, kept out of train_time_s
     serve = None
     if last_epoch or (epoch + 1) % cfg.eval_every == 0:
-        ev = evaluate(run.ema.module if run.ema is not None else run.model, val_loader, cfg.channels_last, cfg.amp,
-                      run.info.num_classes)
-        record.update({"val_top1": ev["top1"], "val_top5": ev["top5"], "val_loss": ev["loss"],
-                       "weights": "ema" if run.ema is not None else "model"})
+        task, key = run.task, run.task.score
+        ev = task.evaluate(run.ema.module if run.ema is not None else run.model, val_loader, cfg, run.info)
+        record.update({**ev, "weights": "ema" if run.ema is not None else "model"})
         if run.ema is not None and last_epoch:
-            raw = evaluate(run.model, val_loader, cfg.channels_last, cfg.amp, run.info.num_classes)
-            if raw["top1"] > ev["top1"]:  # a short run: the average still lags behind the model
+            raw = task.evaluate(run.model, val_loader, cfg, run.info)
+            if (raw[key] or 0.0) > (ev[key] or 0.0):  # a short run: the average still lags behind the model
                 serve = "model"
-                record.update({"val_top1": raw["top1"], "val_top5": raw["top5"], "val_loss": raw["loss"],
-                               "weights": "model", "ema_val_top1": ev["top1"],
-                               "note": f"EMA weights scored {ev['top1']:.2f}% < raw weights {raw['top1']:.2f}%: "
-                                       "the raw weights are served"})
+                record.update({**raw, "weights": "model", f"ema_{key}": ev[key],
+                               "note": f"EMA weights scored {ev[key]:.2f}% < raw weights {raw[key]:.2f}% "
+                                       f"({key}): the raw weights are served"})
     if run.ddp.main:  # metrics before the checkpoint: a crash in between repeats a line, never loses one
         metrics_file = run.run_dir / METRICS_FILE
         append_jsonl(metrics_file, record)

@@ -16,13 +16,17 @@ __all__ = ["SmoothedCrossEntropy"]
 
 
 class SmoothedCrossEntropy(nn.Module):
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    """Logits ``(N, C, ...)``, targets ``(N, ...)``; targets equal to ``ignore_index`` count for nothing and the
+    mean is over the others (``nn.CrossEntropyLoss``'s ``reduction="mean"`` without class weights)."""
+
+    def __init__(self, label_smoothing: float = 0.0, ignore_index: int = -100) -> None:
         super().__init__()
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing, self.ignore_index = float(label_smoothing), int(ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(logits, dim=1)
-        nll = -logp.gather(1, target[:, None]).squeeze(1)
+        keep = target != self.ignore_index
+        nll = -logp.gather(1, torch.where(keep, target, 0).unsqueeze(1)).squeeze(1)
         if self.label_smoothing:
             nll = (1.0 - self.label_smoothing) * nll - self.label_smoothing * logp.mean(1)
-        return nll.mean()
+        return (nll * keep).sum() / keep.sum().clamp(min=1)

@@ -51,12 +51,18 @@ def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmu
         return peak * 0.98 ** ((step - warmup_steps) / steps_per_epoch)
     if schedule == "constant":
         return peak
+    if schedule == "poly":  # DeepLab's: (1 - t) ** 0.9
+        return peak * (1.0 - t) ** 0.9
     raise TrainError(f"unknown schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
 
 
 def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "momentum":  # TF's MomentumOptimizer (DeepLab): heavy-ball, not Nesterov
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adamw":  # weight decay from the groups (conv weights only), decoupled as AdamW does it
+        return torch.optim.AdamW(groups, lr=lr)
     if name == "rmsprop":
         # TF's RMSProp puts epsilon (1.0 in the paper's setup scaled by lr) inside the sqrt; 0.0316 ~ sqrt(1e-3)
         return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, momentum=momentum, eps=0.0316)

@@ -1,0 +1,181 @@
+"""What differs between training a classifier and a segmenter: the data, the model, the loss, the metrics.
+
+The loop (:mod:`.loop`) is one road for every task: run directory, lock, atomic checkpoints, exact resume,
+torchrun, devices and AMP, ``metrics.jsonl`` and curves. It asks the :class:`Task` of the model's registry
+entry for the rest:
+
+* **classification**: :func:`mobilecnn.data.load_data`, label-smoothed cross-entropy, top-1 / top-5;
+* **segmentation** (Mobile DeepLabv3): :func:`mobilecnn.data.segmentation.load_segmentation` (a VOC or
+  images/masks folder, by default the Fashion-MNIST scenes), per-pixel cross-entropy with 255 ignored,
+  pixel accuracy while training and mIoU on the validation set (:mod:`.segment_eval`). ``--init`` takes
+  a classifier's weights (the backbone is initialised, the head is new: DeepLab starts from an ImageNet
+  checkpoint) or a segmenter's (all of it; a new logits layer when the class count differs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import torch
+from torch import nn
+
+from ..data import is_folder_dataset, load_data
+from ..data.names import segmentation_folder
+from ..data.segmentation import SegOptions, load_segmentation
+from ..data.segmentation_io import IGNORE_INDEX
+from ..errors import TrainError
+from ..models import create_model
+from ..models.deeplab import DeepLabV3, load_backbone_weights
+from ..models.weights_file import load_weights
+from .config import TrainConfig, TrainSettings
+from .evaluation import evaluate
+from .finetune import InitWeights, build_initialized
+from .losses import SmoothedCrossEntropy
+from .segment_eval import SegEvalOptions, evaluate_segmentation
+
+__all__ = ["Task", "Built", "ClassificationTask", "SegmentationTask", "task_of"]
+
+
+@dataclass
+class Built:
+    """The model a run trains, the keyword arguments that rebuild it, and its stem."""
+
+    model: nn.Module
+    model_kwargs: dict[str, Any]
+    small_input: bool
+
+
+@dataclass(frozen=True)
+class Loading:
+    """What the data loaders of one process need (the per-process batch, this rank, the device)."""
+
+    batch_size: int
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+class Task(Protocol):
+    name: str
+    score: str  # the validation record key that ranks weights (EMA or raw)
+
+    def load(self, cfg: TrainConfig, s: TrainSettings, how: Loading, init: InitWeights | None) -> tuple[Any, Any, Any]:
+        ...
+
+    def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
+        ...
+
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool) -> nn.Module:
+        ...
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        ...
+
+    def evaluate(self, model: nn.Module, val: Any, cfg: TrainConfig, info: Any) -> dict[str, Any]:
+        ...
+
+
+class ClassificationTask:
+    name, score = "classification", "val_top1"
+
+    @staticmethod
+    def _init_preprocessing(init: InitWeights | None) -> Any:
+        # fine-tuning: the weights' own normalisation (finetune.py), at their resolution unless --resolution
+        if init is not None and (isinstance(init.data.get("preprocessing"), dict)
+                                 or is_folder_dataset(init.data.get("name", ""))):
+            return init.preprocessing
+        return None
+
+    def load(self, cfg: TrainConfig, s: TrainSettings, how: Loading, init: InitWeights | None) -> tuple[Any, Any, Any]:
+        pre = self._init_preprocessing(init)
+        resolution = cfg.resolution or (pre.resolution if pre else None)
+        return load_data(cfg.data, data_dir=cfg.data_dir, resolution=resolution,
+                         batch_size=how.batch_size, seed=cfg.seed, subset=cfg.subset, val_subset=cfg.val_subset,
+                         rank=how.rank, world_size=how.world_size, workers=cfg.workers, on_corrupt=cfg.on_corrupt,
+                         crop_padding=s.crop_padding, preprocessing=pre, device=how.device)
+
+    def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
+        if init is not None:
+            model, kwargs = build_initialized(init, cfg.model, num_classes=info.num_classes, in_chans=info.in_chans,
+                                              small_input=cfg.small_input, model_kwargs=cfg.model_kwargs)
+            return Built(model, kwargs, init.small_input)
+        small = cfg.small_input if cfg.small_input is not None else info.resolution <= 64
+        model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, small_input=small,
+                             **cfg.model_kwargs)
+        return Built(model, dict(cfg.model_kwargs), small)
+
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool) -> nn.Module:
+        if cuda_deterministic:
+            return SmoothedCrossEntropy(s.label_smoothing)
+        return nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        return float((logits.detach().argmax(1) == y).sum())
+
+    def evaluate(self, model: nn.Module, val: Any, cfg: TrainConfig, info: Any) -> dict[str, Any]:
+        ev = evaluate(model, val, cfg.channels_last, cfg.amp, info.num_classes)
+        return {"val_top1": ev["top1"], "val_top5": ev["top5"], "val_loss": ev["loss"]}
+
+
+class SegmentationTask:
+    name, score = "segmentation", "val_miou"
+
+    def load(self, cfg: TrainConfig, s: TrainSettings, how: Loading, init: InitWeights | None) -> tuple[Any, Any, Any]:
+        pre = init.preprocessing if init is not None else None
+        if pre is not None and pre.in_chans != 3:
+            raise TrainError(f"--init {init.path if init else ''}: a segmenter reads RGB images; these weights "
+                             f"expect {pre.in_chans}-channel inputs")
+        options = SegOptions(batch_size=how.batch_size, crop_size=cfg.resolution or s.recipe.crop_size,
+                             subset=cfg.subset, val_subset=cfg.val_subset, workers=cfg.workers, preprocessing=pre,
+                             data_dir=cfg.data_dir, seed=cfg.seed, rank=how.rank, world_size=how.world_size,
+                             device=how.device if how.device.type != "cpu" else None)
+        return load_segmentation(segmentation_folder(cfg.data), options)
+
+    def _kwargs(self, cfg: TrainConfig) -> dict[str, Any]:
+        kwargs = dict(cfg.model_kwargs)
+        for key in ("output_stride", "aspp"):
+            if getattr(cfg, key) is not None:
+                kwargs[key] = getattr(cfg, key)
+        return kwargs
+
+    def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
+        kwargs, small = self._kwargs(cfg), bool(cfg.small_input)
+        if init is not None and init.model == cfg.model:  # a segmenter's weights: all of them
+            kwargs = {**init.model_kwargs, **kwargs}
+            model = cast(DeepLabV3, create_model(cfg.model, num_classes=init.num_classes, in_chans=3,
+                                                 small_input=init.small_input, **kwargs))
+            load_weights(init.path, model)
+            if init.num_classes != info.num_classes:
+                model.reset_classifier(info.num_classes)
+            return Built(model, kwargs, init.small_input)
+        model = cast(DeepLabV3, create_model(cfg.model, num_classes=info.num_classes, in_chans=3, small_input=small,
+                                             **kwargs))
+        if init is not None:
+            if init.model != model.backbone_name:
+                raise TrainError(f"--init {init.path} holds {init.model} weights; {cfg.model} starts from its own "
+                                 f"weights or from {model.backbone_name}'s (its backbone)")
+            load_backbone_weights(model, init.path)
+        return Built(model, kwargs, small)
+
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool) -> nn.Module:
+        if cuda_deterministic:
+            return SmoothedCrossEntropy(s.label_smoothing, ignore_index=IGNORE_INDEX)
+        return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=s.label_smoothing)
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        """Pixel accuracy of the batch (labelled pixels) times its images: the loop's running "accuracy"."""
+        keep = y != IGNORE_INDEX
+        right = float(((logits.detach().argmax(1) == y) & keep).sum())
+        return right / max(1.0, float(keep.sum())) * y.shape[0]
+
+    def evaluate(self, model: nn.Module, val: Any, cfg: TrainConfig, info: Any) -> dict[str, Any]:
+        ev = evaluate_segmentation(model, val, SegEvalOptions(info.num_classes, cfg.channels_last, cfg.amp))
+        return {"val_miou": ev["miou"], "val_pixel_accuracy": ev["pixel_accuracy"], "val_loss": ev["loss"]}
+
+
+_TASKS: dict[str, Task] = {"classification": ClassificationTask(), "segmentation": SegmentationTask()}
+
+
+def task_of(recipe_task: str) -> Task:
+    return _TASKS[recipe_task]
