@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from mobilecnn.data.segmentation_samples import segmentation_samples
+from mobilecnn.data.images import Preprocessing
 from mobilecnn.data.names import segmentation_folder
+from mobilecnn.data.segmentation_samples import segmentation_samples
 from mobilecnn.deploy.formats import load_runtime
 from mobilecnn.deploy.run_export import export_run
 from mobilecnn.deploy.timing import bootstrap_ratio, machine_info, paired_times
 from mobilecnn.files import atomic_write_text
-from mobilecnn.data.images import Preprocessing
 from mobilecnn.runs.rundir import load_trained
 
 AIM = 0.55
@@ -92,23 +92,32 @@ def main() -> None:
               "loadavg_start": start_load, "machine": machine_info()}
     result["aim_held"] = result["auto_vs_plain"]["ci95"][1] <= AIM
     atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
+    text = markdown(result, str(args.run))
+    atomic_write_text(args.out.with_suffix(".md"), text)
+    print(text)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict, run: str) -> str:
     r, c = result["auto_vs_plain"], result["control"]
-    lines = [f"# Segmentation deploy speed: {loaded.model_name} at {pre.resolution} px, batch 1, {THREADS} thread", "",
-             f"{result['machine'].get('cpu')}; load average at start {start_load[0]:.2f}; {t['rounds']} paired rounds. "
-             f"Command: `python benchmarks/seg_deploy_speed.py {args.run}`.", "",
-             f"- auto kept **{result['auto_choice']}** (mIoU {best.get('miou')}, drop {best.get('drop')} pt) after "
-             f"{auto_s:.0f} s",
-             f"- median ms: " + ", ".join(f"{k} {v:.2f}" for k, v in t["median_ms"].items()),
+    medians = ", ".join(f"{k} {v:.2f}" for k, v in result["median_ms"].items())
+    lines = [f"# Segmentation deploy speed: {result['model']} at {result['resolution']} px, batch 1, {THREADS} thread",
+             "", f"{result['machine'].get('cpu')}; load average at start {result['loadavg_start'][0]:.2f}; "
+             f"{result['rounds']} paired rounds. Command: `python benchmarks/seg_deploy_speed.py {run}`.", "",
+             f"- auto kept **{result['auto_choice']}** (val mIoU {_num(result['auto_miou'])}%, drop "
+             f"{_num(result['auto_drop'])} pt) after {result['auto_seconds']:.0f} s",
+             f"- median ms: {medians}",
              f"- auto / plain ONNX fp32: **{r['median']:.3f}** [95% CI {r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]; "
              f"aim <= {AIM}: {'held' if result['aim_held'] else 'not held'}",
              f"- control (second plain copy / plain): {c['median']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]", "",
-             "| candidate | status | latency (ms) | mIoU | drop (pt) | why |", "|---|---|---:|---:|---:|---|"]
+             "| candidate | status | latency (ms) | mIoU (%) | drop (pt) | why |", "|---|---|---:|---:|---:|---|"]
     for row in result["candidates"]:
-        lines.append(f"| {row['candidate']} | {row['status']} | {row.get('latency_ms') or '-'} | "
-                     f"{row.get('miou') or '-'} | {row.get('drop') if row.get('drop') is not None else '-'} | "
-                     f"{(row.get('why') or '')[:80]} |")
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+        lines.append(f"| {row['candidate']} | {row['status']} | {_num(row.get('latency_ms'))} | "
+                     f"{_num(row.get('miou'))} | {_num(row.get('drop'))} | {(row.get('why') or '')[:80]} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -63,9 +63,10 @@ def main() -> None:
     atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
     lines = [f"# Fast segmentation recipe: {MODEL} on the scenes, {args.threads} threads", "",
              f"{payload['machine'].get('cpu', '')}; load average at start {start_load[0]:.2f}, at end "
-             f"{payload['loadavg_end'][0]:.2f}. Command: `python benchmarks/seg_fast_recipe.py --epochs {args.epochs:g} "
-             f"--threads {args.threads}`.", "",
-             "| epoch | training (min) | wall incl. validation (min) | val mIoU (%) | val pixel acc. (%) | train loss |",
+             f"{payload['loadavg_end'][0]:.2f}. Command: `python benchmarks/seg_fast_recipe.py "
+             f"--epochs {args.epochs:g} --threads {args.threads}`.", "",
+             "| epoch | training (min) | wall incl. validation (min) | val mIoU (%) | val pixel acc. (%) "
+             "| train loss |",
              "|---:|---:|---:|---:|---:|---:|"]
     for p in curve:
         lines.append(f"| {p['epoch']:g} | {p['train_min']:.2f} | {p['wall_min']:.2f} | {p['val_miou']:.2f} | "

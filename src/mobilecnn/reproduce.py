@@ -71,8 +71,8 @@ class ReproducePlan:
     seeds: int
     epochs: float
     subset: int | None
-    # The full plan keeps what reports/full was run with (the fast recipe before its retune to 0.3@64,
-    # docs/training.md), so the committed report stays reproducible with the command it prints.
+    # The full plan keeps what reports/full was run with (the fast recipe before its retune to 0.3@64), so the
+    # committed report stays reproducible with the command it prints.
     batch_size: int = 128
     lr: float = 0.1
     bench_repeats: int = 20
@@ -81,12 +81,12 @@ class ReproducePlan:
     int8_calibration_images: int = 512  # training images the int8 ranges are calibrated on
     threads: int | None = None  # training threads; None: the free cores, decided once at the start
     device: str = "auto"  # training/evaluation device (--device); latency is always measured on the CPU
-    # export --format auto of the seed-0 run: latency of the fastest verified file (runtime + precision) beside
-    # fp32's; off by default: it adds the auto time per model (docs/deployment.md) to the plan
+    # export --format auto of the seed-0 run: the fastest verified file's latency beside fp32's; off by default
     auto: bool = False
     auto_seconds: float = 1.0
     classification: bool = True  # the ShuffleNet claims (Tables 3 and 5)
     segmentation: bool = True  # MobileNetV2 section 6.3 (reproduce_segmentation: SEG_QUICK or SEG_FULL)
+    seg_seeds: int | None = None  # --seeds for the segmentation section too (None: its plan's)
 
 
 #: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 6,000 images, int8 calibrated on
@@ -126,7 +126,7 @@ class ReproduceConfig:
         base = FULL if self.full else QUICK
         return replace(base, seeds=self.seeds or base.seeds, threads=self.threads, device=self.device,
                        auto=self.auto or base.auto, classification=self.task != "segmentation",
-                       segmentation=self.task != "classification")
+                       segmentation=self.task != "classification", seg_seeds=self.seeds)
 
     @property
     def out_dir(self) -> str:
@@ -256,8 +256,9 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         _record_finished_model(out, res, plan, time.perf_counter() - model_started)
         notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
     if plan.segmentation:
-        seg_plan = SEG_FULL if plan.name == "full" else SEG_QUICK
-        run_segmentation(replace(seg_plan, threads=plan.threads, device=plan.device), out, notify)
+        seg = SEG_FULL if plan.name == "full" else SEG_QUICK
+        run_segmentation(replace(seg, seeds=plan.seg_seeds or seg.seeds, threads=plan.threads, device=plan.device),
+                         out, notify)
     elapsed = time.perf_counter() - started + reused_s
     return _write_report(plan, results, out, elapsed)
 
