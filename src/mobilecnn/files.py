@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "read_json_object", "sha256_of"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "read_json_object", "sha256_of", "mode_for"]
 
 
 def _current_umask() -> int:
@@ -20,8 +20,10 @@ def _current_umask() -> int:
     return mask
 
 
-def _mode_for(path: Path) -> int:
-    """The mode a replacement of ``path`` gets: the existing file's, else what ``open`` would give."""
+def mode_for(path: Path) -> int:
+    """The mode a file written to ``path`` gets: the existing file's (a replacement keeps it), else what ``open``
+    would give a new file under the umask. Writers that create files 0600 (``mkstemp``, safetensors) are
+    chmod-ed to it before they are moved into place."""
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
@@ -41,7 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, _mode_for(path))
+        os.chmod(tmp, mode_for(path))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

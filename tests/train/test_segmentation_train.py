@@ -135,10 +135,11 @@ def test_segmenter_options_on_a_classifier_are_refused(tmp_path):
         train(TrainConfig(model="mobilenet_v2_x0_35", out=str(tmp_path / "c"), aspp=True))
 
 
-def test_cli_trains_a_segmenter_with_aspp_and_output_stride_8(seg_scenes, tmp_path, capsys):
+def test_cli_trains_a_segmenter_with_aspp_output_stride_8_and_amp(seg_scenes, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["train", "--model", SEG, "--data", str(seg_scenes), "--out", str(out), "--batch-size", "8",
-                 "--max-steps", "2", "--threads", "1", "--workers", "0", "--aspp", "--output-stride", "8"]) == 0
+                 "--max-steps", "2", "--threads", "1", "--workers", "0", "--aspp", "--output-stride", "8", "--amp"]) == 0
     assert "val mIoU" in capsys.readouterr().out
     model = load_trained(out).model
     assert model.aspp and model.output_stride == 8
+    assert json.loads((out / "config.json").read_text())["settings"]["amp_dtype"] == "bfloat16"

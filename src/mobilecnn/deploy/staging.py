@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..files import mode_for
+
 __all__ = ["staging_folder", "commit", "sweep_stale"]
 
 _NAME = re.compile(r"\..+\.(\d+)\.[^.]+\.(export|auto)")
@@ -56,7 +58,8 @@ def _fsync(path: Path) -> None:
 def commit(stage: Path, out_dir: Path, main_name: str) -> None:
     """Move the staged files into ``out_dir`` with ``os.replace``, fsynced; the main file (e.g. .xml) last."""
     files = sorted((p for p in stage.iterdir() if p.is_file()), key=lambda p: p.name == main_name)
-    for f in files:
+    for f in files:  # writers and mkstemp make some files 0600: the umask's mode, or the replaced file's
+        os.chmod(f, mode_for(out_dir / f.name))
         _fsync(f)
     for f in files:
         os.replace(f, out_dir / f.name)

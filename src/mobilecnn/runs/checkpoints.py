@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, mode_for
 from ..models.weights_file import load_weights, model_metadata, plain_state
 from .layout import (
     CHECKPOINTS_DIR,
@@ -102,6 +102,7 @@ def save_training_checkpoint(
         state = {**position, "optimizer": opt_plain, **{k: v for k, v in progress.items() if k not in position}}
         (tmp / STATE_FILE).write_text(json.dumps(state))
         for f in tmp.iterdir():
+            os.chmod(f, mode_for(final / f.name))  # safetensors writes 0600; the run follows the umask
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
         if final.exists() or final.is_symlink():
