@@ -65,7 +65,7 @@ class SegPlan:
     data: str = "scenes"  # the default scenes cache; a folder for a test or another dataset
 
 
-#: The demo's: the paper's on-device candidate alone, one seed (about 4 min on 2 cores, docs/segmentation.md).
+#: The demo's: the paper's on-device candidate alone, one seed (2.5 min in `make demo` on 2 cores).
 SEG_QUICK = SegPlan("quick", ("mnv2_os16",), seeds=1, epochs=3, val_subset=200)
 #: Every variant, 2 seeds.
 SEG_FULL = SegPlan("full", tuple(SEG_VARIANTS), seeds=2, epochs=6)
