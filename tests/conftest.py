@@ -23,16 +23,18 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A Fashion-MNIST run trained for a few steps (shared by predict/export tests)."""
-    from pathlib import Path
-
-    from mobilecnn.train import TrainConfig, train
-
+def _skip_without_fashion_mnist() -> None:
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() and not os.environ.get(
             "MOBILECNN_DATA_DIR"):
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A Fashion-MNIST run trained for a few steps (shared by predict/export tests)."""
+    from mobilecnn.train import TrainConfig, train
+
+    _skip_without_fashion_mnist()
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(TrainConfig(model="shufflenet_v1_g3_x0_5", out=str(out), subset=1024, val_subset=500, batch_size=64,
                       epochs=1, threads=1, seed=0))
@@ -44,9 +46,7 @@ def seg_scenes(tmp_path_factory):
     """A small Fashion-MNIST scenes folder (Pascal VOC layout: 48 train / 12 val scenes of 64 px)."""
     from mobilecnn.data.scenes import ScenesConfig, generate_scenes
 
-    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() and not os.environ.get(
-            "MOBILECNN_DATA_DIR"):
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    _skip_without_fashion_mnist()
     out = tmp_path_factory.mktemp("scenes") / "seg"
     generate_scenes(ScenesConfig(task="segmentation", out=str(out), train_count=48, val_count=12, size=64, seed=1))
     return out
