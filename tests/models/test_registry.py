@@ -15,14 +15,21 @@ SEGMENTATION = (
     + [f"deeplabv3_mobilenet_v1_x{w}" for w in ("0_25", "0_5", "0_75", "1_0")]
     + [f"deeplabv3_shufflenet_v1_g{g}_x{s}" for g in (3, 8) for s in ("0_5", "1_0", "1_5", "2_0")]
 )
+DETECTION = (
+    [f"ssdlite_mobilenet_v2_x{w}" for w in ("0_35", "0_5", "0_75", "1_0", "1_4")]
+    + [f"ssdlite_mobilenet_v1_x{w}" for w in ("0_25", "0_5", "0_75", "1_0")]
+    + ["ssd_mobilenet_v2_x1_0", "ssdlite_shufflenet_v1_g3_x1_0", "ssdlite_shufflenet_v1_g3_x2_0"]
+)
 
 
 def test_every_name_is_registered():
-    assert sorted(EXPECTED + SEGMENTATION) == list_models()
+    assert sorted(EXPECTED + SEGMENTATION + DETECTION) == list_models()
     assert sorted(EXPECTED) == list_models(task="classification")
     assert list_models("deeplabv3*") == sorted(SEGMENTATION) == list_models(task="segmentation")
-    with pytest.raises(UnknownModelError, match="unknown task"):
-        list_models(task="detection")
+    assert list_models("ssd*") == sorted(DETECTION) == list_models(task="detection")
+    with pytest.raises(UnknownModelError, match="unknown task 'tracking'; accepted: classification, segmentation, "
+                                                "detection"):
+        list_models(task="tracking")
 
 
 def test_wildcard_listing():

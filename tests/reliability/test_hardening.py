@@ -338,8 +338,11 @@ def test_fuzz_create_model(name, kwargs):
     side = model.min_input_size
     with torch.no_grad():
         out = model.eval()(torch.randn(1, model.in_chans, side, side))
-    per_pixel = out.dim() == 4  # a segmentation model: logits at the input size
-    assert out.shape == ((1, model.num_classes, side, side) if per_pixel else (1, model.num_classes))
+    if out.dim() == 3:  # a detector: box offsets and class logits of every anchor
+        assert out.shape == (1, model.num_anchors(side, side), 4 + model.num_classes)
+    else:
+        per_pixel = out.dim() == 4  # a segmentation model: logits at the input size
+        assert out.shape == ((1, model.num_classes, side, side) if per_pixel else (1, model.num_classes))
     assert torch.isfinite(out).all()
 
 

@@ -272,8 +272,9 @@ def profile(model: nn.Module | str, resolution: int = 224, small_input: bool = F
     )
 
 
-#: The input side ``mobilecnn profile`` uses by task: DeepLab's 513 crop for segmentation.
-DEFAULT_RESOLUTION = {"classification": 224, "segmentation": 513}
+#: The input side ``mobilecnn profile`` uses by task: DeepLab's 513 crop for segmentation, the MobileNetV2 paper's
+#: 320 x 320 for detection (Tables 5 and 6).
+DEFAULT_RESOLUTION = {"classification": 224, "segmentation": 513, "detection": 320}
 
 
 @dataclass
@@ -282,7 +283,8 @@ class ProfileConfig:
 
     name: str = field(metadata=cli("registered model name (see `mobilecnn list`)", positional=True, metavar="NAME"))
     resolution: int | None = field(default=None, metadata=cli(
-        "input side in pixels (default: 224, 513 for a DeepLab model, or 32 with --small-input)", type=positive_int))
+        "input side in pixels (default: 224, 513 for a DeepLab model, 320 for a detector, or 32 with --small-input)",
+        type=positive_int))
     small_input: bool = field(default=False, metadata=cli(
         "the stem for 28-64 px images (stride-1 stem, total stride 8)"))
     in_chans: int = field(default=3, metadata=cli("input channels", type=positive_int))
@@ -296,7 +298,8 @@ class ProfileConfig:
 
     @property
     def input_resolution(self) -> int:
-        """The side profiled: ``resolution``, else the usual one (32 small-input, 513 segmentation, 224 otherwise)."""
+        """The side profiled: ``resolution``, else the usual one (32 small-input, 513 segmentation, 320 detection,
+        224 otherwise)."""
         if self.resolution is not None:
             return self.resolution
         return 32 if self.small_input else DEFAULT_RESOLUTION[get_model_entry(self.name).task]

@@ -1,7 +1,8 @@
 """Regenerate the papers' complexity tables from the registered models, beside the published figures.
 
 Every "published" number comes from :func:`mobilecnn.models.published` (the data kept next to
-each model; a segmentation model's rows from :func:`mobilecnn.models.published_segmentation`); every "ours"
+each model; a segmentation model's rows from :func:`mobilecnn.models.published_segmentation`, a detector's from
+:func:`mobilecnn.models.published_detection`); every "ours"
 number is counted by :mod:`mobilecnn.analysis.complexity` on the built model.
 """
 
@@ -15,15 +16,20 @@ import torch
 
 from ..fields import cli
 from ..files import atomic_write_text
-from ..models import PublishedSegmentation, create_model, published
+from ..models import PublishedDetection, PublishedSegmentation, create_model, published
 from ..models.deeplab import TABLE7
+from ..models.ssd import TABLE5, TABLE6
 from .complexity import count_macs, evaluation_macs
 
-__all__ = ["TableRow", "SegmentationRow", "TablesConfig", "paper_tables", "segmentation_row", "segmentation_table",
-           "segmentation_markdown",
-           "tables_markdown", "write_tables", "TABLE7_TITLE"]
+__all__ = ["TableRow", "SegmentationRow", "DetectionRow", "TablesConfig", "paper_tables", "segmentation_row",
+           "segmentation_table", "segmentation_markdown", "detection_row", "detection_markdown", "tables_markdown",
+           "write_tables", "TABLE7_TITLE", "TABLE6_TITLE", "TABLE5_TITLE", "DETECTION_HEAD"]
 
 TABLE7_TITLE = "MobileNetV2 Table 7: Mobile DeepLabv3 on PASCAL VOC 2012 at 513x513, 21 classes (MAdds, B)"
+TABLE6_TITLE = "MobileNetV2 Table 6: real-time detectors on COCO test-dev (SSDLite at 320x320, 80 classes + background)"
+TABLE5_TITLE = "MobileNetV2 Table 5: SSD and SSDLite prediction layers on MobileNetV2 at 320x320"
+#: The parts of a detector Table 5 counts (its "prediction layers"): the extra layers and the predictors.
+DETECTION_HEAD = ("extras", "box_head", "class_head")
 
 
 @dataclass
@@ -151,6 +157,55 @@ def segmentation_table() -> list[SegmentationRow]:
     return [segmentation_row(row) for row in TABLE7]
 
 
+@dataclass
+class DetectionRow:
+    """A published detection row beside our counts (``None`` for a network we do not build): params with BN and
+    MAdds of one ``resolution`` image, of the whole network or, for a ``head_only`` row, of :data:`DETECTION_HEAD`."""
+
+    published: PublishedDetection
+    params_m: float | None
+    macs_b: float | None
+
+    @property
+    def diff_percent(self) -> float | None:
+        return None if self.macs_b is None else 100.0 * (self.macs_b - self.published.madds_b) / self.published.madds_b
+
+
+@cache
+def detection_row(row: PublishedDetection) -> DetectionRow:
+    """Count ``row``'s model, built on the meta device (shapes only) with the row's class count."""
+    if row.model is None or row.resolution is None:
+        return DetectionRow(row, None, None)
+    with torch.device("meta"):
+        model = create_model(row.model, num_classes=row.num_classes)
+    macs, layers = count_macs(model, row.resolution)
+    params = sum(p.numel() for p in model.parameters())
+    if row.head_only:
+        macs = sum(r.macs for r in layers if r.kind != "block" and r.name.split(".")[0] in DETECTION_HEAD)
+        params = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in DETECTION_HEAD)
+    return DetectionRow(row, params / 1e6, macs / 1e9)
+
+
+def detection_markdown() -> list[str]:
+    """MobileNetV2 Tables 6 and 5, every row (those of networks not built here without our counts)."""
+    out: list[str] = []
+    for title, table, what in ((TABLE6_TITLE, TABLE6, "the whole network"),
+                               (TABLE5_TITLE, TABLE5, "the extra layers and predictors only")):
+        out += ["", f"## {title}", "",
+                "Params include BN; MAdds are conv multiply-adds up to the raw head outputs (no box decoding or NMS),",
+                f"of {what}; ms: Pixel 1, one large core (docs/counting.md).", "",
+                "| network | registry name | res | mAP | ms | params (M) | published | MAdds (B) | published | diff |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (detection_row(row) for row in table):
+            p = r.published
+            diff = "-" if r.diff_percent is None else f"{r.diff_percent:+.1f}%"
+            diff += "" if p.madds_reproduced else " (not reproduced)"
+            out.append(f"| {p.label} | {f'`{p.model}`' if p.model else '-'} | {p.resolution or '-'} | "
+                       f"{_fmt(p.map)} | {_fmt(p.latency_ms, 0)} | {_fmt(r.params_m, 3)} | {p.params_m:g} | "
+                       f"{_fmt(r.macs_b, 3)} | {_fmt(p.madds_b, _decimals(p.madds_step_b))} | {diff} |")
+    return out
+
+
 def _decimals(step: float) -> int:
     """Digits after the point of a figure printed to ``step`` (0.01 -> 2, 1 -> 0)."""
     return max(0, -math.floor(math.log10(step) + 1e-9))
@@ -204,6 +259,7 @@ def tables_markdown() -> str:
                 line += f" {_fmt(r.params_m, 2)} | {pub_params} |"
             out.append(line)
     out += segmentation_markdown(segmentation_table())
+    out += detection_markdown()
     return "\n".join(out) + "\n"
 
 

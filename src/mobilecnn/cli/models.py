@@ -6,9 +6,9 @@ import argparse
 import json
 
 from ..analysis import ModelProfile, ProfileConfig, TablesConfig, profile_config, write_tables
-from ..analysis.tables import segmentation_row
+from ..analysis.tables import detection_row, segmentation_row
 from ..errors import UsageError
-from ..models import ListConfig, list_models, published, published_segmentation
+from ..models import ListConfig, list_models, published, published_detection, published_segmentation
 from .console import out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -52,7 +52,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     out(f"MACs: {result.macs / 1e6:.2f} M" + (f" (published {ref:g} M)" if ref else "")
         + (f" (dilated convs charged {cfg.dilated}; TF space-to-batch: {result.macs_space_to_batch / 1e6:.2f} M)"
            if result.macs_space_to_batch != result.macs or cfg.dilated != "plain" else ""))
-    for line in _segmentation_lines(cfg, result):
+    for line in _segmentation_lines(cfg, result) + _detection_lines(cfg, result):
         out(line)
     out(f"params: {result.params / 1e6:.3f} M, without BN {result.params_without_bn / 1e6:.3f} M")
     out(f"peak activation memory (batch 1, fp32): {result.peak_activation_bytes / 2**20:.2f} MiB")
@@ -73,6 +73,25 @@ def _segmentation_lines(cfg: ProfileConfig, result: ModelProfile) -> list[str]:
                      f"{row.params_m:g} M params, {row.madds_b:g} B MAdds (mIOU {row.miou:.2f}); counted "
                      f"{ours.params_m:.3f} M, {ours.macs_space_to_batch_b:.3f} B the TF way, "
                      f"{ours.macs_plain_b:.3f} B plain (docs/counting.md)")
+    return lines
+
+
+def _detection_lines(cfg: ProfileConfig, result: ModelProfile) -> list[str]:
+    """The published table rows of a detector profiled at their input (Table 6: the whole network; Table 5: the
+    extra layers and predictors alone) beside our counts (built with the rows' 81 class slots)."""
+    if cfg.small_input or cfg.in_chans != 3:
+        return []
+    lines = []
+    for row in published_detection(cfg.name):
+        if row.resolution != result.resolution:
+            continue
+        ours = detection_row(row)
+        part = " (extra layers + predictors only)" if row.head_only else ""
+        extra = ("" if row.map is None else f", mAP {row.map:g}") + (
+            "" if row.latency_ms is None else f", {row.latency_ms:g} ms on a Pixel 1")
+        lines.append(f"{row.source} {row.label}{part}: published {row.params_m:g} M params, {row.madds_b:g} B MAdds"
+                     f"{extra}; counted {ours.params_m:.3f} M, {ours.macs_b:.3f} B"
+                     + ("" if row.madds_reproduced else " (MAdds not reproduced: docs/counting.md)"))
     return lines
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,8 @@ from .published import PublishedSegmentation
 from .registry import get_model_entry, register_model
 from .weights_file import check_state_fits, load_weights, read_metadata
 
-__all__ = ["DeepLabV3", "DeepLabHead", "ASPP_RATES", "MF_SCALES", "TABLE7", "load_backbone_weights", "scaled_size",
-           "evaluation_sizes"]
+__all__ = ["DeepLabV3", "DeepLabHead", "BackboneModel", "ASPP_RATES", "MF_SCALES", "TABLE7", "load_backbone_weights",
+           "scaled_size", "evaluation_sizes"]
 
 #: Atrous rates of the three 3x3 ASPP branches by output stride (DeepLabv3 section 3.3: doubled at 8).
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -129,7 +130,18 @@ class DeepLabV3(ImageModel):
         self.num_classes = num_classes
 
 
-def _check_backbone_file(path: str | os.PathLike, model: DeepLabV3) -> None:
+class BackboneModel(Protocol):
+    """What :func:`load_backbone_weights` reads of a model built on a classifier of the zoo (DeepLabV3, SSD)."""
+
+    owner: str
+    in_chans: int
+    small_input: bool
+    backbone_name: str
+    arch: dict[str, Any]
+    backbone: FeatureNet
+
+
+def _check_backbone_file(path: str | os.PathLike, model: BackboneModel) -> None:
     """A mobilecnn file must name the backbone's classifier, with the same input channels, stem and options."""
     meta = read_metadata(path)
     want = {"in_chans": str(model.in_chans), "small_input": str(model.small_input)}
@@ -152,12 +164,13 @@ def _check_backbone_file(path: str | os.PathLike, model: DeepLabV3) -> None:
                               "the same tensors would compute another function")
 
 
-def load_backbone_weights(model: DeepLabV3, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> list[str]:
+def load_backbone_weights(model: BackboneModel, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> list[str]:
     """Initialise ``model.backbone`` from a classification checkpoint of ``model.backbone_name``: a mobilecnn
     safetensors file (checked against the backbone: model, input channels, stem, architecture options) or a
     state_dict. Every backbone tensor must be there with its shape (else :class:`CheckpointError` names the
     first missing one); the head keeps its initialisation. Returns the checkpoint keys left out (the
-    classifier; MobileNetV2's final 1x1 conv, which the head does not use)."""
+    classifier; for DeepLab MobileNetV2's final 1x1 conv, which its head does not use). Any model with a
+    :class:`FeatureNet` ``backbone`` of the zoo (:class:`BackboneModel`: DeepLabV3, SSD) loads this way."""
     if isinstance(weights, Mapping):
         state, where = dict(weights), "the state_dict"
     else:

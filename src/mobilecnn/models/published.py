@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Published", "PublishedSegmentation", "DILATED_COUNTINGS"]
+__all__ = ["Published", "PublishedSegmentation", "PublishedDetection", "DILATED_COUNTINGS"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,48 @@ class PublishedSegmentation:
     def madds_matches(self, macs: int) -> bool:
         """Whether a MAdds count (summed over the MF inputs when ``multi_scale_flip``) lies within
         ``madds_tolerance`` of the printed interval ``[P - step/2, P + step/2]``."""
+        value, half = macs / 1e9, self.madds_step_b / 2
+        distance = max(self.madds_b - half - value, value - self.madds_b - half, 0.0)
+        return distance <= self.madds_tolerance * self.madds_b + 1e-9
+
+
+@dataclass(frozen=True)
+class PublishedDetection:
+    """One row of a published detection table (MobileNetV2 Tables 5 and 6): the network and its figures.
+
+    ``model`` is the registered name (``None`` for a network mobilecnn does not build: SSD300, YOLOv2), built
+    with ``num_classes`` outputs per anchor (80 COCO classes + background); ``map`` is COCO test-dev mAP (%),
+    ``params_m`` millions of parameters (BN included), ``madds_b`` billions of multiply-adds at ``resolution``
+    x ``resolution`` (``None`` where the table gives none), ``latency_ms`` Table 6's Pixel 1 time (one large
+    core). ``head_only`` (Table 5): the figures count the extra layers and predictors alone, not the backbone.
+    ``params_step_m`` / ``madds_step_b`` are the precision the figures are printed with (4.3M: 0.1);
+    ``madds_tolerance`` how far (relative to the figure) a count may lie outside the printed interval, and
+    ``madds_reproduced=False`` marks a figure our count does not give; ``note`` says why in both cases.
+    """
+
+    source: str
+    label: str
+    model: str | None
+    map: float | None
+    params_m: float
+    madds_b: float
+    resolution: int | None = 320
+    num_classes: int = 81
+    latency_ms: float | None = None
+    head_only: bool = False
+    params_step_m: float = 0.1
+    madds_step_b: float = 0.1
+    madds_tolerance: float = 0.0
+    madds_reproduced: bool = True
+    note: str = ""
+
+    def params_matches(self, params: int) -> bool:
+        """Whether a parameter count (BN included) prints as the published figure."""
+        return abs(params / 1e6 - self.params_m) <= self.params_step_m / 2 + 1e-9
+
+    def madds_matches(self, macs: int) -> bool:
+        """Whether a MAdds count lies within ``madds_tolerance`` of the printed interval
+        ``[P - step/2, P + step/2]``."""
         value, half = macs / 1e9, self.madds_step_b / 2
         distance = max(self.madds_b - half - value, value - self.madds_b - half, 0.0)
         return distance <= self.madds_tolerance * self.madds_b + 1e-9

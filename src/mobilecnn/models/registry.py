@@ -1,8 +1,9 @@
 """Model registry: ``@register_model``, ``create_model(name, weights=...)``, ``list_models(pattern)``.
 
 Each family file defines one decorated builder per model name, with the figures its paper publishes
-(:class:`Published`; a segmentation model's :class:`PublishedSegmentation` rows) beside it, so tables, tests
-and docs all read one source (:func:`published`, :func:`published_segmentation`). A classifier can also be
+(:class:`Published`; a segmentation model's :class:`PublishedSegmentation` rows, a detector's
+:class:`PublishedDetection` rows) beside it, so tables, tests and docs all read one source (:func:`published`,
+:func:`published_segmentation`, :func:`published_detection`). A classifier can also be
 built as a backbone: ``create_model(name, features_only=True, out_indices=..., output_stride=...)``
 (:mod:`.features`).
 """
@@ -23,17 +24,17 @@ from ..errors import UnknownModelError
 from ..fields import cli
 from .base import ClassifierNet
 from .features import FeatureNet
-from .published import Published, PublishedSegmentation
+from .published import Published, PublishedDetection, PublishedSegmentation
 from .weights_file import described_model, load_weights
 
 __all__ = ["ModelEntry", "ListConfig", "register_model", "create_model", "list_models", "get_model_entry", "published",
-           "published_segmentation", "TASKS", "BACKBONE_OPTIONS"]
+           "published_segmentation", "published_detection", "TASKS", "BACKBONE_OPTIONS"]
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 
-#: What a model predicts: one label per image, or one per pixel.
-TASKS = ("classification", "segmentation")
+#: What a model predicts: one label per image, one per pixel, or boxes with labels.
+TASKS = ("classification", "segmentation", "detection")
 #: ``create_model`` options that make a classifier a backbone (timm's names); see :mod:`.features`.
 BACKBONE_OPTIONS = ("features_only", "out_indices", "output_stride")
 
@@ -46,18 +47,20 @@ class ModelEntry:
     published: Published | None
     task: str = "classification"
     segmentation: tuple[PublishedSegmentation, ...] = ()
+    detection: tuple[PublishedDetection, ...] = ()
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(family: str, published: Published | None = None, task: str = "classification",
-                   segmentation: tuple[PublishedSegmentation, ...] = ()) -> Callable[[Builder], Builder]:
+                   segmentation: tuple[PublishedSegmentation, ...] = (),
+                   detection: tuple[PublishedDetection, ...] = ()) -> Callable[[Builder], Builder]:
     """Decorator registering a builder under its function name (timm's ``@register_model`` idea).
 
     The builder is called as ``builder(num_classes=, in_chans=, small_input=, **kwargs)``; one
     explicit, greppable function per model name. ``task`` is one of :data:`TASKS`; a segmentation model
-    brings its published table rows as ``segmentation``.
+    brings its published table rows as ``segmentation``, a detector as ``detection``.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -66,7 +69,7 @@ def register_model(family: str, published: Published | None = None, task: str = 
         name = builder.__name__
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, family, builder, published, task, tuple(segmentation))
+        _REGISTRY[name] = ModelEntry(name, family, builder, published, task, tuple(segmentation), tuple(detection))
         return builder
 
     return decorate
@@ -112,6 +115,11 @@ def published_segmentation(name: str) -> tuple[PublishedSegmentation, ...]:
     return get_model_entry(name).segmentation
 
 
+def published_detection(name: str) -> tuple[PublishedDetection, ...]:
+    """The published table rows of a registered detector (MobileNetV2 Tables 5 and 6), empty for the rest."""
+    return get_model_entry(name).detection
+
+
 def create_model(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -128,7 +136,7 @@ def create_model(
     ``act``; a DeepLab model's ``output_stride`` and ``aspp``). The weights must fit the built model exactly.
     Arguments not given default to what the weights file's metadata records (a file from ``mobilecnn weights
     import`` or ``train``: class count, input channels, stem and the architecture options), else to the
-    builder's defaults (1000 classes, 21 for a DeepLab model), 3 channels, the 224 px stem.
+    builder's defaults (1000 classes, 21 for a DeepLab model, 81 for a detector), 3 channels, the 224 px stem.
 
     A classifier also takes timm's backbone options (:mod:`.features`): ``output_stride=16`` or ``8`` dilates
     it (TF-slim's rule, :func:`~mobilecnn.models.base.dilate_to_output_stride`), and ``features_only=True``
@@ -148,11 +156,10 @@ def create_model(
     given = {"num_classes": num_classes, "in_chans": in_chans, "small_input": small_input}
     unknown = [k for k in kwargs if k not in params]
     if unknown:
-        accepted = [p for p in params if p not in given] + ([] if entry.task != "classification" else
-                                                             list(BACKBONE_OPTIONS))
+        accepted = list(given) + [p for p in params if p not in given] + (
+            [] if entry.task != "classification" else list(BACKBONE_OPTIONS))
         raise TypeError(
-            f"{name}: unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: num_classes, in_chans, small_input, {', '.join(accepted)}"
+            f"{name}: unexpected keyword argument(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}"
         )
     model = entry.builder(**{k: v for k, v in given.items() if v is not None}, **kwargs)
     # nn.Module.__setattr__ takes any value; its stub only admits Tensor | Module
