@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FASHION_MNIST", "SCENES", "DATASETS", "segmentation_folder", "ACCEPTED_DATASETS", "FOLDER_PREFIX",
-           "canonical_dataset", "is_folder_dataset", "dataset_argument", "locate_dataset"]
+__all__ = ["FASHION_MNIST", "SCENES", "DATASETS", "segmentation_folder", "detection_folder", "ACCEPTED_DATASETS",
+           "FOLDER_PREFIX", "canonical_dataset", "is_folder_dataset", "dataset_argument", "locate_dataset"]
 
 FASHION_MNIST = "fashion-mnist"
 #: The datasets loaded by name (held in memory); the first is the default.
 DATASETS = (FASHION_MNIST, "cifar10", "cifar100")
-#: A segmenter's default data: the Fashion-MNIST scenes (:mod:`.scenes`), generated once into a cache.
+#: A segmenter's or detector's default data: the Fashion-MNIST scenes (:mod:`.scenes`), generated once into a cache.
 SCENES = "scenes"
 #: How the data argument is described in messages and help.
 ACCEPTED_DATASETS = ", ".join(f"'{d}'" for d in DATASETS) + " or a folder holding train/ and val/ class folders"
@@ -61,3 +61,13 @@ def segmentation_folder(data: str | None) -> str | None:
         return None
     layout, sep, folder = str(data).partition(":")
     return folder if sep and layout in ("voc", "folders") and folder.startswith("/") else str(data)
+
+
+def detection_folder(data: str | None) -> str | None:
+    """A detector's ``--data`` as :func:`~mobilecnn.data.detection.load_detection` takes it: ``None`` (the scenes
+    cache) for ``scenes``, for the default ``fashion-mnist`` and for nothing; else the folder. A recorded
+    ``DetDataInfo.name`` (``coco:/abs/folder``) gives its folder."""
+    if data is None or str(data).strip().lower() in (SCENES, FASHION_MNIST):
+        return None
+    layout, sep, folder = str(data).partition(":")
+    return folder if sep and layout == "coco" and folder.startswith("/") else str(data)
