@@ -53,6 +53,17 @@ def seg_scenes(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def det_scenes(tmp_path_factory):
+    """A small Fashion-MNIST scenes folder (COCO layout: 48 train / 12 val scenes of 64 px)."""
+    from mobilecnn.data.scenes import ScenesConfig, generate_scenes
+
+    _skip_without_fashion_mnist()
+    out = tmp_path_factory.mktemp("scenes") / "det"
+    generate_scenes(ScenesConfig(task="detection", out=str(out), train_count=48, val_count=12, size=64, seed=1))
+    return out
+
+
+@pytest.fixture(scope="session")
 def seg_run(tmp_path_factory, seg_scenes):
     """A Mobile DeepLabv3 (MobileNetV2 x0.35) run trained for a few steps on :func:`seg_scenes`."""
     from mobilecnn.train import TrainConfig, train

@@ -32,7 +32,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("train",),  # recipes, the loop, fine-tuning
     ("weights",),  # published checkpoints -> mobilecnn safetensors
     ("deploy",),  # export, int8, runtimes, predict
-    ("evaluate", "reproduce", "reproduce_segmentation"),  # the commands' library functions that use everything below
+    ("evaluate", "reproduce_measure", "reproduce", "reproduce_segmentation", "reproduce_detection"),  # the commands' library functions that use everything below
     (ROOT,),  # the public facade
     ("cli",),  # the command line
 ]

@@ -35,7 +35,7 @@ def test_one_variant_says_the_comparisons_need_the_full_plan():
 
 
 def test_task_option_picks_the_sections():
-    assert QUICK.segmentation and QUICK.classification
+    assert QUICK.segmentation and QUICK.classification and QUICK.detection
     only = ReproduceConfig(task="segmentation").plan()
     assert only.segmentation and not only.classification
     assert not ReproduceConfig(task="classification").plan().segmentation

@@ -3,7 +3,9 @@
 Classifiers: top-1, top-5, per-class accuracy and the confusion matrix (``confusion.png``). Segmenters: mIoU
 over the whole set (DeepLab's evaluation, :mod:`mobilecnn.train.segment_eval`), per-class IoU
 (``per_class_iou.png``), pixel accuracy; ``--multi-scale`` adds Table 7's MF (six scales, each flipped).
-Both write ``eval.json``.
+Detectors: COCO box mAP@[.5:.95], AP50, AP75, AP small / medium / large and per-class AP (faster-coco-eval,
+:mod:`mobilecnn.train.detect_eval`; ``per_class_ap.png``), with the detections in COCO results format in
+``detections.json``. All write ``eval.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import torch
 
 from .data import FASHION_MNIST, load_data, locate_dataset
-from .data.names import segmentation_folder
+from .data.detection import DetOptions, load_detection
+from .data.names import detection_folder, segmentation_folder
 from .data.segmentation import SegOptions, load_segmentation
 from .device import resolve_device
 from .errors import CheckpointError, UsageError
@@ -26,6 +29,7 @@ from .models import get_model_entry
 from .plots import plot_confusion, plot_per_class_iou
 from .runs.layout import EVAL_DIR
 from .runs.rundir import LoadedModel, load_trained
+from .train.detect_eval import evaluate_detection
 from .train.loop import evaluate
 from .train.segment_eval import SegEvalOptions, evaluate_segmentation
 from .validators import check_bool, check_int, check_positive_int
@@ -76,10 +80,13 @@ def run_eval(config: EvalConfig, return_logits: bool = False) -> dict[str, Any]:
     c = config
     dev = resolve_device(c.device)
     loaded = load_trained(c.path, c.prefer_ema)
-    if get_model_entry(loaded.model_name).task == "segmentation":
+    task = get_model_entry(loaded.model_name).task
+    if task == "segmentation":
         return _eval_segmenter(c, loaded, dev)
     if c.multi_scale:
-        raise UsageError(f"--multi-scale applies to segmentation models; {loaded.model_name} is a classifier")
+        raise UsageError(f"--multi-scale applies to segmentation models; {loaded.model_name} is a {task} model")
+    if task == "detection":
+        return _eval_detector(c, loaded, dev)
     data_dir = c.data_dir
     if c.data:
         dataset = c.data
@@ -134,4 +141,32 @@ def _eval_segmenter(c: EvalConfig, loaded: LoadedModel, dev: torch.device) -> di
     plot_per_class_iou(result["per_class_iou"], info.class_names, out / "per_class_iou.png",
                        title=f"{loaded.model_name} on {info.name}: mIoU {result['miou'] or 0:.2f}% ({mode})")
     result["outputs"] = {"json": str(out / "eval.json"), "per_class_iou_png": str(out / "per_class_iou.png")}
+    return result
+
+
+def _eval_detector(c: EvalConfig, loaded: LoadedModel, dev: torch.device) -> dict[str, Any]:
+    """COCO box mAP of a detector on its validation split; ``eval.json``, ``detections.json``, ``per_class_ap.png``."""
+    folder = detection_folder(c.data) if c.data else detection_folder(str(loaded.data.get("name") or ""))
+    pre = loaded.data.get("preprocessing") if not c.data else None
+    options = DetOptions(batch_size=1, eval_batch_size=c.batch_size, val_subset=c.subset, workers=c.workers,
+                         resolution=int(loaded.data.get("resolution") or 320), preprocessing=pre,
+                         data_dir=c.data_dir, device=dev if dev.type != "cpu" else None)
+    _, val_loader, info = load_detection(folder, options)
+    if info.num_classes != loaded.model.num_classes:
+        raise CheckpointError(f"{loaded.weights_file} was trained for {loaded.model.num_classes} classes but "
+                              f"{info.name} has {info.num_classes}: evaluate on the dataset it was trained on")
+    result = evaluate_detection(loaded.model.to(dev), val_loader, info)
+    detections = result.pop("results")
+    result.update({"model": loaded.model_name, "weights": loaded.weights, "weights_file": str(loaded.weights_file),
+                   "data": info.name, "class_names": info.class_names, "device": str(dev), "task": "detection",
+                   "resolution": info.resolution})
+    out = Path(c.out_dir) if c.out_dir else (loaded.run_dir / EVAL_DIR if loaded.run_dir else Path(EVAL_DIR))
+    atomic_write_text(out / "detections.json", json.dumps(detections, allow_nan=False) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    names = info.class_names[1:]
+    ap = [None if result["per_class_ap"].get(n) is None else result["per_class_ap"][n] / 100 for n in names]
+    plot_per_class_iou(ap, names, out / "per_class_ap.png", xlabel="AP@[.5:.95]",
+                       title=f"{loaded.model_name} on {info.name}: mAP {result['mAP']:.2f}%")
+    result["outputs"] = {"json": str(out / "eval.json"), "detections_json": str(out / "detections.json"),
+                         "per_class_ap_png": str(out / "per_class_ap.png")}
     return result

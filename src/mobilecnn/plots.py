@@ -49,15 +49,18 @@ def plot_training_curves(metrics_file: str | Path, out_png: str | Path) -> Path:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
     val = [(r["epoch"], r) for r in records if "val_loss" in r]
+    # the validation score of each task, and what the trainer's running accuracy means for it
+    kind = next((k for k in ("val_miou", "val_mAP") if any(k in r for r in records)), "val_top1")
+    label, train_label, title = {
+        "val_miou": ("validation mIoU", "train pixel accuracy (augmented)", "mIoU and pixel accuracy"),
+        "val_mAP": ("validation mAP@[.5:.95]", "train positive-anchor accuracy (augmented)", "mAP and accuracy"),
+        "val_top1": ("validation top-1", "train (augmented)", "accuracy")}[kind]
     if val:
         ax_loss.plot([e for e, _ in val], [r["val_loss"] for _, r in val], "s-", label="validation")
-        key, label = ("val_miou", "validation mIoU") if "val_miou" in val[-1][1] else ("val_top1", "validation top-1")
-        ax_acc.plot([e for e, _ in val], [r.get(key) for _, r in val], "s-", label=label)
-    segmenter = any("val_miou" in r for r in records)
-    ax_acc.plot(epochs, [r["train_accuracy"] for r in records], "o-",
-                label="train pixel accuracy (augmented)" if segmenter else "train (augmented)")
+        ax_acc.plot([e for e, _ in val], [r.get(kind) for _, r in val], "s-", label=label)
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in records], "o-", label=train_label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="%", title="mIoU and pixel accuracy" if segmenter else "accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="%", title=title)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -194,7 +197,7 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
 
 
 def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Sequence[str], out_png: str | Path,
-                       title: str = "per-class IoU") -> Path:
+                       title: str = "per-class IoU", xlabel: str = "IoU") -> Path:
     """Horizontal bars, one per class (first class on top); a class with no IoU (``None``: absent from both
     prediction and ground truth; or NaN) is shown as "n/a"."""
     if len(per_class_iou) != len(class_names):
@@ -210,7 +213,7 @@ def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Seque
                 va="center", fontsize=7, color="0.4" if v is None else "black")
     ax.set_yticks(ys, [_printable(c) for c in class_names], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.12), xlabel="IoU", title=_printable(title))
+    ax.set(xlim=(0, 1.12), xlabel=xlabel, title=_printable(title))
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return _save(fig, out_png)

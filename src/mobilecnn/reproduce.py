@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.complexity import profile
-from .deploy.bench import BenchSpec, benchmark
 from .deploy.run_export import export_run
 from .errors import DataError
 from .fields import cli, positive_int
@@ -30,9 +29,10 @@ from .files import atomic_write_text
 from .models import create_model, published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
+from .reproduce_detection import DET_FULL, DET_QUICK, run_detection
+from .reproduce_measure import onnx_latency
 from .reproduce_segmentation import SEG_FULL, SEG_QUICK, run_segmentation
 from .runs.layout import CONFIG_FILE
-from .runs.rundir import load_trained
 from .train import TrainConfig, default_threads, train
 from .validators import is_number
 
@@ -86,7 +86,8 @@ class ReproducePlan:
     auto_seconds: float = 1.0
     classification: bool = True  # the ShuffleNet claims (Tables 3 and 5)
     segmentation: bool = True  # MobileNetV2 section 6.3 (reproduce_segmentation: SEG_QUICK or SEG_FULL)
-    seg_seeds: int | None = None  # --seeds for the segmentation section too (None: its plan's)
+    detection: bool = True  # MobileNetV2 section 6.2 (reproduce_detection: DET_QUICK or DET_FULL)
+    dense_seeds: int | None = None  # --seeds for those two sections too (None: their plans')
 
 
 #: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 6,000 images, int8 calibrated on
@@ -96,6 +97,8 @@ QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds
                       batch_size=64, lr=0.3, bench_repeats=10, int8_check_images=1000, int8_calibration_images=256)
 #: 17 models x 3 seeds = 51 runs of 156 steps: 84 min on this 2-core machine (2 threads, idle).
 FULL = ReproducePlan("full", levels=3, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
+#: The plan's sections, one per task (``--task``).
+TASK_SECTIONS = ("classification", "segmentation", "detection")
 
 
 @dataclass
@@ -118,15 +121,16 @@ class ReproduceConfig:
     device: str = field(default="auto", metadata=cli(
         "training device: auto, cpu, cuda, cuda:N or mps (latency is always measured on the CPU)"))
     task: str = field(default="all", metadata=cli(
-        "classification (the ShuffleNet tables), segmentation (MobileNetV2 Table 7 and section 6.3) or all",
-        choices=["all", "classification", "segmentation"]))
+        "classification (the ShuffleNet tables), segmentation (MobileNetV2 Table 7 and section 6.3), detection "
+        "(MobileNetV2 Tables 5, 6 and section 6.2) or all", choices=["all", *TASK_SECTIONS]))
 
     def plan(self) -> ReproducePlan:
         """:data:`FULL` or :data:`QUICK` (the default), with this config's seeds, threads, device, auto and task."""
         base = FULL if self.full else QUICK
+        on = {t: self.task in ("all", t) for t in TASK_SECTIONS}
         return replace(base, seeds=self.seeds or base.seeds, threads=self.threads, device=self.device,
-                       auto=self.auto or base.auto, classification=self.task != "segmentation",
-                       segmentation=self.task != "classification", seg_seeds=self.seeds)
+                       auto=self.auto or base.auto, dense_seeds=self.seeds, classification=on["classification"],
+                       segmentation=on["segmentation"], detection=on["detection"])
 
     @property
     def out_dir(self) -> str:
@@ -247,7 +251,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
             res.top1.append(run["val_top1"])
             res.train_time_s.append(run.get("train_time_s", 0.0))
         first_run = out / "runs" / f"{key}-seed0"
-        res.latency_ms = _latency(first_run, plan)
+        res.latency_ms = onnx_latency(first_run, 32, plan.bench_repeats)
         if plan.int8:
             res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan)
         if plan.auto:
@@ -257,8 +261,12 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
     if plan.segmentation:
         seg = SEG_FULL if plan.name == "full" else SEG_QUICK
-        run_segmentation(replace(seg, seeds=plan.seg_seeds or seg.seeds, threads=plan.threads, device=plan.device),
+        run_segmentation(replace(seg, seeds=plan.dense_seeds or seg.seeds, threads=plan.threads, device=plan.device),
                          out, notify)
+    if plan.detection:
+        det = DET_FULL if plan.name == "full" else DET_QUICK
+        run_detection(replace(det, seeds=plan.dense_seeds or det.seeds, threads=plan.threads, device=plan.device),
+                      out, notify)
     elapsed = time.perf_counter() - started + reused_s
     return _write_report(plan, results, out, elapsed)
 
@@ -319,15 +327,6 @@ def rebuild_report(out_dir: str | Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{source} is not a reproduce results file ({exc}); run `mobilecnn reproduce` again") from None
     return _write_report(plan, results, out, elapsed)
-
-
-def _latency(run: Path, plan: ReproducePlan) -> float | None:
-    """Batch-1 median latency (ms, 1 thread) of the trained model in onnxruntime fp32."""
-    loaded = load_trained(run)
-    rows = benchmark([loaded.model], BenchSpec(("onnxruntime",), resolution=32, repeats=plan.bench_repeats,
-                                               references=False, min_time_s=0.3))
-    ok = [r.median_ms for r in rows if r.median_ms]
-    return ok[0] if ok else None
 
 
 def _int8(run: Path, plan: ReproducePlan) -> tuple[float | None, float | None, str]:
@@ -432,8 +431,9 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
 
 
 def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Path, elapsed: float) -> dict[str, Any]:
-    seg = (out / "segmentation.md").read_text() if plan.segmentation and (out / "segmentation.md").is_file() else ""
-    if not plan.classification:  # the segmentation section alone
+    seg = "".join((out / f"{t}.md").read_text() + "\n" for t in ("segmentation", "detection")
+                  if getattr(plan, t) and (out / f"{t}.md").is_file())
+    if not plan.classification:  # the dense sections alone
         atomic_write_text(out / "report.md", "# mobilecnn reproduce\n\n" + seg)
         return {"report": str(out / "report.md"), "plots": {}, "elapsed_s": elapsed}
     rows = list(results.values())

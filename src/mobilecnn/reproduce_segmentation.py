@@ -27,12 +27,11 @@ from typing import Any
 
 from .analysis.complexity import evaluation_macs, profile
 from .analysis.tables import segmentation_markdown, segmentation_table
-from .deploy.bench import BenchSpec, benchmark
 from .evaluate import evaluate_run
 from .files import atomic_write_text
 from .models import create_model
+from .reproduce_measure import onnx_latency
 from .runs.layout import CONFIG_FILE
-from .runs.rundir import load_trained
 from .train import TrainConfig, train
 
 __all__ = ["SegPlan", "SEG_QUICK", "SEG_FULL", "SEG_VARIANTS", "SegResult", "run_segmentation", "segmentation_report"]
@@ -108,15 +107,6 @@ def _train(key: str, seed: int, plan: SegPlan, run_dir: Path, callback: Callable
     return train(cfg, callback=callback)
 
 
-def _latency(run: Path, plan: SegPlan) -> float | None:
-    """Batch-1 median latency (ms, 1 thread) of the run's ONNX fp32 file in onnxruntime."""
-    loaded = load_trained(run)
-    rows = benchmark([loaded.model], BenchSpec(("onnxruntime",), resolution=SCENES_SIDE, repeats=plan.bench_repeats,
-                                               references=False, min_time_s=0.3))
-    ok = [r.median_ms for r in rows if r.median_ms]
-    return ok[0] if ok else None
-
-
 def run_segmentation(plan: SegPlan, out_dir: str | Path,
                      progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train, evaluate (single scale and MF) and time every variant of ``plan``; write ``segmentation.md`` and
@@ -137,7 +127,7 @@ def run_segmentation(plan: SegPlan, out_dir: str | Path,
         if plan.multi_scale:
             mf = evaluate_run(first, multi_scale=True, subset=plan.val_subset, out_dir=first / "eval-mf")
             res.mf_miou = mf["miou"]
-        res.latency_ms = _latency(first, plan)
+        res.latency_ms = onnx_latency(first, SCENES_SIDE, plan.bench_repeats)
         results.append(res)
         notify("done", {"index": index, "total": len(plan.variants), "key": f"seg {key}", "top1": res.mean})
     elapsed = time.perf_counter() - started

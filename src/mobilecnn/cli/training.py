@@ -74,6 +74,8 @@ def _val_text(info: dict) -> str:
         return f", val top-1 {info['val_top1']:.2f}%"
     if info.get("val_miou") is not None:
         return f", val mIoU {info['val_miou']:.2f}% (pixel accuracy {info['val_pixel_accuracy']:.2f}%)"
+    if info.get("val_mAP") is not None:
+        return f", val mAP {info['val_mAP']:.2f}% (AP50 {info['val_AP50']:.2f}%)"
     return ""
 
 
@@ -94,6 +96,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif result.get("val_miou") is not None:
         out(f"done: val mIoU {result['val_miou']:.2f}% (pixel accuracy {result['val_pixel_accuracy']:.2f}%); run "
             f"directory {safe(result['run_dir'])}")
+    elif result.get("val_mAP") is not None:
+        out(f"done: val mAP {result['val_mAP']:.2f}% (AP50 {result['val_AP50']:.2f}%); run directory "
+            f"{safe(result['run_dir'])}")
     else:
         out(f"done: run directory {safe(result['run_dir'])}")
     return 0
@@ -106,6 +111,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if result.get("task") == "segmentation":
         return _print_segmentation_eval(result)
+    if result.get("task") == "detection":
+        return _print_detection_eval(result)
     out(f"{result['model']} ({result['weights']} weights) on {safe(result['data'])}: {result['samples']} images")
     out(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     names = [safe(c) for c in result["class_names"]]
@@ -126,6 +133,20 @@ def _print_segmentation_eval(result: dict) -> int:
     width = max(len(c) for c in names)
     for name, iou in zip(names, result["per_class_iou"]):
         out(f"  {name.ljust(width)}  " + ("   n/a" if iou is None else f"{iou:6.2f}%"))
+    out("wrote " + " and ".join(safe(p) for p in result["outputs"].values()))
+    return 0
+
+
+def _print_detection_eval(result: dict) -> int:
+    out(f"{result['model']} ({result['weights']} weights) on {safe(result['data'])}: {result['images']} images at "
+        f"{result['resolution']} px, {result['detections']} detections")
+    out(f"mAP {result['mAP']:.2f}%  AP50 {result['AP50']:.2f}%  AP75 {result['AP75']:.2f}%  AP small "
+        f"{result['AP_small']:.2f}%  medium {result['AP_medium']:.2f}%  large {result['AP_large']:.2f}%  "
+        f"loss {result['loss']:.4f}")
+    names = [safe(c) for c in result["per_class_ap"]]
+    width = max((len(c) for c in names), default=1)
+    for name, ap in zip(names, result["per_class_ap"].values()):
+        out(f"  {name.ljust(width)}  " + ("   n/a" if ap is None else f"{ap:6.2f}%"))
     out("wrote " + " and ".join(safe(p) for p in result["outputs"].values()))
     return 0
 

@@ -192,8 +192,9 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
         freeze_backbone_(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # the last stage's BN (a DeepLab head's image-pooling branch: one value per image) needs two values
-    side = 1 if task.name == "segmentation" else -(-info.resolution // getattr(model, "total_stride", 1))
+    # the last stage's BN (a DeepLab head's image-pooling branch, SSD's last 1x1 extra: one value per image) needs
+    # two values
+    side = 1 if task.name != "classification" else -(-info.resolution // getattr(model, "total_stride", 1))
     if (s.batch_size // ddp.world_size) * side * side < 2:
         raise TrainError(f"a batch of {s.batch_size // ddp.world_size} image(s) per process at {info.resolution} px "
                          f"leaves BatchNorm one value per channel in the last stage ({side}x{side}); use "
@@ -231,7 +232,7 @@ def _setup(cfg: TrainConfig, settings: TrainSettings, ddp: DistContext, run_dir:
     if cfg.compile:
         net = cast(nn.Module, torch.compile(net, dynamic=False))  # an OptimizedModule; the stub says Callable
     run = _Run(cfg=cfg, settings=s, ddp=ddp, run_dir=run_dir, model=model, net=net, optimizer=optimizer, ema=ema,
-               criterion=task.criterion(s, device.type == "cuda" and cfg.deterministic), task=task,
+               criterion=task.criterion(s, device.type == "cuda" and cfg.deterministic, model, info), task=task,
                train_loader=train_loader, info=info,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                warmup_steps=int(s.warmup_epochs * steps_per_epoch),

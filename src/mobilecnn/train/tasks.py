@@ -21,20 +21,24 @@ import torch
 from torch import nn
 
 from ..data import is_folder_dataset, load_data
-from ..data.names import segmentation_folder
+from ..data.detection import DetOptions, load_detection
+from ..data.names import detection_folder, segmentation_folder
 from ..data.segmentation import SegOptions, load_segmentation
 from ..data.segmentation_io import IGNORE_INDEX
 from ..errors import TrainError
 from ..models import create_model
 from ..models.deeplab import DeepLabV3, load_backbone_weights
+from ..models.ssd import SSD
 from ..models.weights_file import load_weights
 from .config import TrainConfig, TrainSettings
+from .detect_eval import DetEvalOptions, evaluate_detection
+from .detection_loss import MultiBoxLoss
 from .evaluation import evaluate
 from .finetune import InitWeights, build_initialized
 from .losses import SmoothedCrossEntropy
 from .segment_eval import SegEvalOptions, evaluate_segmentation
 
-__all__ = ["Task", "Built", "ClassificationTask", "SegmentationTask", "task_of"]
+__all__ = ["Task", "Built", "ClassificationTask", "SegmentationTask", "DetectionTask", "task_of"]
 
 
 @dataclass
@@ -66,7 +70,7 @@ class Task(Protocol):
     def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
         ...
 
-    def criterion(self, s: TrainSettings, cuda_deterministic: bool) -> nn.Module:
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool, model: nn.Module, info: Any) -> nn.Module:
         ...
 
     def correct(self, logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -105,7 +109,7 @@ class ClassificationTask:
                              **cfg.model_kwargs)
         return Built(model, dict(cfg.model_kwargs), small)
 
-    def criterion(self, s: TrainSettings, cuda_deterministic: bool) -> nn.Module:
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool, model: nn.Module, info: Any) -> nn.Module:
         if cuda_deterministic:
             return SmoothedCrossEntropy(s.label_smoothing)
         return nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
@@ -158,7 +162,7 @@ class SegmentationTask:
             load_backbone_weights(model, init.path)
         return Built(model, kwargs, small)
 
-    def criterion(self, s: TrainSettings, cuda_deterministic: bool) -> nn.Module:
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool, model: nn.Module, info: Any) -> nn.Module:
         if cuda_deterministic:
             return SmoothedCrossEntropy(s.label_smoothing, ignore_index=IGNORE_INDEX)
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=s.label_smoothing)
@@ -174,8 +178,71 @@ class SegmentationTask:
         return {"val_miou": ev["miou"], "val_pixel_accuracy": ev["pixel_accuracy"], "val_loss": ev["loss"]}
 
 
-_TASKS: dict[str, Task] = {"classification": ClassificationTask(), "segmentation": SegmentationTask()}
+class DetectionTask:
+    """SSD / SSDLite: COCO-layout boxes (:func:`mobilecnn.data.detection.load_detection`, by default the scenes),
+    the multibox loss (:mod:`.detection_loss`), COCO mAP on the validation set (:mod:`.detect_eval`).
+
+    ``--init`` takes a classifier's weights (the backbone; extras and predictors are new) or a detector's (all
+    of it; new class predictors when the class count differs). The running "accuracy" is the share of
+    positive anchors whose best class is their label."""
+
+    name, score = "detection", "val_mAP"
+
+    def __init__(self) -> None:
+        self._criterion: MultiBoxLoss | None = None
+
+    def load(self, cfg: TrainConfig, s: TrainSettings, how: Loading, init: InitWeights | None) -> tuple[Any, Any, Any]:
+        pre = init.preprocessing if init is not None else None
+        if pre is not None and pre.in_chans != 3:
+            raise TrainError(f"--init {init.path if init else ''}: a detector reads RGB images; these weights "
+                             f"expect {pre.in_chans}-channel inputs")
+        options = DetOptions(batch_size=how.batch_size, resolution=cfg.resolution or s.recipe.crop_size or 320,
+                             subset=cfg.subset, val_subset=cfg.val_subset, workers=cfg.workers, preprocessing=pre,
+                             data_dir=cfg.data_dir, seed=cfg.seed, rank=how.rank, world_size=how.world_size,
+                             device=how.device if how.device.type != "cpu" else None,
+                             zoom_out=s.recipe.zoom_out)
+        return load_detection(detection_folder(cfg.data), options)
+
+    def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
+        kwargs, small = dict(cfg.model_kwargs), bool(cfg.small_input)
+        if init is not None and init.model == cfg.model:  # a detector's weights: all of them
+            kwargs = {**init.model_kwargs, **kwargs}
+            model = cast(SSD, create_model(cfg.model, num_classes=init.num_classes, in_chans=3,
+                                           small_input=init.small_input, **kwargs))
+            load_weights(init.path, model)
+            if init.num_classes != info.num_classes:
+                model.reset_classifier(info.num_classes)
+            return Built(model, kwargs, init.small_input)
+        model = cast(SSD, create_model(cfg.model, num_classes=info.num_classes, in_chans=3, small_input=small,
+                                       **kwargs))
+        if init is not None:
+            if init.model != model.backbone_name:
+                raise TrainError(f"--init {init.path} holds {init.model} weights; {cfg.model} starts from its own "
+                                 f"weights or from {model.backbone_name}'s (its backbone)")
+            load_backbone_weights(model, init.path)
+        return Built(model, kwargs, small)
+
+    def criterion(self, s: TrainSettings, cuda_deterministic: bool, model: nn.Module, info: Any) -> nn.Module:
+        side = int(info.resolution)
+        device = next(model.parameters()).device
+        self._criterion = MultiBoxLoss(cast(SSD, model).anchors(side, side)).to(device)
+        return self._criterion
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        c = self._criterion
+        if c is None or not c.last_positives:
+            return 0.0
+        return c.last_correct / c.last_positives * y.shape[0]
+
+    def evaluate(self, model: nn.Module, val: Any, cfg: TrainConfig, info: Any) -> dict[str, Any]:
+        ev = evaluate_detection(model, val, info, DetEvalOptions(cfg.channels_last, cfg.amp))
+        return {"val_mAP": ev["mAP"], "val_AP50": ev["AP50"], "val_loss": ev["loss"]}
+
+
+_TASKS: dict[str, type] = {"classification": ClassificationTask, "segmentation": SegmentationTask,
+                           "detection": DetectionTask}
 
 
 def task_of(recipe_task: str) -> Task:
-    return _TASKS[recipe_task]
+    """A fresh :class:`Task` for a run (a detection task keeps its run's loss)."""
+    return cast(Task, _TASKS[recipe_task]())

@@ -1,0 +1,53 @@
+"""The detection section of reproduce: verdicts, the report, the plan wiring, and one tiny section end to end."""
+
+from __future__ import annotations
+
+import json
+
+from mobilecnn.reproduce import QUICK, ReproduceConfig
+from mobilecnn.reproduce_detection import DET_FULL, DET_QUICK, DET_VARIANTS, DetPlan, DetResult, detection_report, \
+    run_detection
+
+
+def _res(key: str, maps: list[float], macs_320: int, latency: float = 3.0) -> DetResult:
+    return DetResult(key, DET_VARIANTS[key], macs_320 // 4, 3_000_000, macs_320, 4_300_000, mAP=maps,
+                     AP50=[m * 2 for m in maps], latency_ms=latency)
+
+
+def test_report_has_tables_5_and_6_and_every_claim_with_its_verdict():
+    results = [_res("mnv2_ssdlite", [20.0, 21.0], 789_000_000, latency=5.0),
+               _res("mnv1_ssdlite", [21.0, 21.4], 1_309_000_000, latency=8.0),
+               _res("mnv2_ssd", [25.0, 26.0], 1_870_000_000)]
+    text = detection_report(DET_FULL, results, 60.0)
+    assert "Table 6" in text and "Table 5" in text
+    claims = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
+    assert "within 1 pt) **held** (-0.70 pt)" in claims["MNV2 vs MNV1 + SSDLite, accuracy"]
+    assert "0.60x" in claims["MNV2 vs MNV1 + SSDLite, cost"]
+    assert "0.62x; **held**." in claims["MNV2 vs MNV1 + SSDLite, time"]
+    assert "**did not hold** (-5.00 pt)" in claims["SSDLite vs SSD heads"]
+    assert "| `mnv2_ssdlite` | `ssdlite_mobilenet_v2_x1_0` |" in text and "20.50 ± 0.71" in text
+
+
+def test_one_variant_says_the_comparisons_need_the_full_plan():
+    assert "need `--full`" in detection_report(DET_QUICK, [_res("mnv2_ssdlite", [10.0], 789_000_000)], 1.0)
+
+
+def test_task_option_picks_the_detection_section():
+    assert QUICK.detection
+    only = ReproduceConfig(task="detection").plan()
+    assert only.detection and not only.segmentation and not only.classification
+    assert not ReproduceConfig(task="segmentation").plan().detection
+    assert set(DET_FULL.variants) == set(DET_VARIANTS) and DET_QUICK.variants == ("mnv2_ssdlite",)
+
+
+def test_a_tiny_section_trains_scores_times_and_reports(tmp_path, det_scenes):
+    plan = DetPlan("test", ("mnv2_ssdlite",), seeds=1, epochs=1, resolution=64, bench_repeats=2, threads=1,
+                   data=str(det_scenes))
+    out = run_detection(plan, tmp_path)
+    payload = json.loads((tmp_path / "detection.json").read_text())
+    row = payload["variants"][0]
+    assert row["model"] == "ssdlite_mobilenet_v2_x1_0" and len(row["mAP"]) == 1 and 0 <= row["mAP"][0] <= 100
+    assert row["latency_ms"] and row["latency_ms"] > 0
+    assert (tmp_path / "runs" / "det-mnv2_ssdlite-seed0" / "model.safetensors").is_file() or \
+        any((tmp_path / "runs" / "det-mnv2_ssdlite-seed0").rglob("*.safetensors"))
+    assert "## Detection: SSDLite" in (tmp_path / "detection.md").read_text() and out["elapsed_s"] > 0
