@@ -160,3 +160,25 @@ def test_a_segmenter_trains_under_torchrun_and_its_miou_counts_every_val_image(t
     alone = evaluate_run(out, out_dir=tmp_path / "ev", batch_size=4)
     assert logged["val_miou"] == pytest.approx(alone["miou"], abs=1e-9)
     assert logged["val_loss"] == pytest.approx(alone["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_detector_trains_under_torchrun_and_its_map_scores_every_val_image(tmp_path, det_scenes):
+    """Two processes detect on halves of the val scenes; their COCO results are gathered, so the logged mAP equals
+    one process's evaluation of the same weights over the whole set."""
+    from mobilecnn.evaluate import evaluate_run
+
+    out = tmp_path / "det"
+    cmd = TORCHRUN + ["--nproc-per-node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                      f"127.0.0.1:{free_port()}", "-m", "mobilecnn.cli", "train", "--model",
+                      "ssdlite_mobilenet_v2_x0_35", "--data", str(det_scenes), "--out", str(out), "--batch-size", "8",
+                      "--epochs", "1", "--resolution", "64", "--threads", "1", "--workers", "0", "--device", "cpu"]
+    done = subprocess.run(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["world_size"] == 2 and config["settings"]["steps_per_epoch"] == 6
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    alone = evaluate_run(out, out_dir=tmp_path / "ev", batch_size=4)
+    assert alone["images"] == 12
+    assert logged["val_mAP"] == pytest.approx(alone["mAP"], abs=1e-9)
+    assert logged["val_loss"] == pytest.approx(alone["loss"], rel=1e-5)

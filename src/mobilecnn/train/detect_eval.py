@@ -127,7 +127,8 @@ def collect_detections(forward: Forward, loader: Any, anchors: torch.Tensor, cat
 @torch.no_grad()
 def evaluate_detection(model: nn.Module, loader: Any, info: Any, options: DetEvalOptions | None = None
                        ) -> dict[str, Any]:
-    """COCO mAP (:func:`coco_map`) and the multibox loss of ``model`` on ``loader`` (the val batches of
+    """COCO mAP (:func:`coco_map`) and the multibox loss of ``model`` on ``loader`` (summed over the set, divided by
+    its positive anchors) (the val batches of
     :func:`mobilecnn.data.detection.load_detection`, described by ``info``). Also returns ``results``: the
     detections in COCO results format."""
     o = options or DetEvalOptions()
@@ -137,15 +138,16 @@ def evaluate_detection(model: nn.Module, loader: Any, info: Any, options: DetEva
     side = int(info.resolution)
     anchors = model.anchors(side, side).to(device)  # type: ignore[operator]
     criterion = MultiBoxLoss(anchors).to(device)
-    sums = torch.zeros(2, dtype=torch.float64)  # loss x images, images
+    sums = torch.zeros(2, dtype=torch.float64)  # the loss summed over anchors, the positive anchors
 
     def forward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if o.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=o.amp):
             raw = model(x).float()
-        sums[0] += float(criterion(raw, y)) * x.shape[0]
-        sums[1] += x.shape[0]
+        criterion(raw, y)
+        sums[0] += criterion.last_sum
+        sums[1] += criterion.last_positives
         return raw
 
     try:

@@ -35,8 +35,10 @@ class MultiBoxLoss(nn.Module):
     """``loss(raw (N, A, 4 + C), targets (N, M, 5))``; ``targets`` rows are ``x1, y1, x2, y2, label`` normalised to
     [0, 1] (:mod:`mobilecnn.data.detection`), label 0 = padding. ``anchors`` ``(A, 4)`` ``cx, cy, w, h``.
 
-    After each call, :attr:`last_correct` is the number of positive anchors whose best class is their label and
-    :attr:`last_positives` their count (the trainer's running accuracy)."""
+    After each call, :attr:`last_correct` is the number of positive anchors whose best class is their label,
+    :attr:`last_positives` their count (the trainer's running accuracy) and :attr:`last_sum` the loss before the
+    division by the positives (an evaluation sums both over batches: a figure that does not depend on how the
+    set is batched or sharded)."""
 
     def __init__(self, anchors: torch.Tensor, neg_pos_ratio: int = NEG_POS_RATIO,
                  iou_threshold: float = IOU_THRESHOLD) -> None:
@@ -49,6 +51,7 @@ class MultiBoxLoss(nn.Module):
         self.matcher = SSDMatcher(iou_threshold)
         self.last_correct = 0.0
         self.last_positives = 0.0
+        self.last_sum = 0.0
 
     def match(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per anchor: the class label (0 = background) and the encoded box of its ground truth (zeros where
@@ -89,4 +92,5 @@ class MultiBoxLoss(nn.Module):
         with torch.no_grad():
             self.last_correct = float((logits[positive].argmax(-1) == labels[positive]).sum())
             self.last_positives = float(num_pos.sum())
+            self.last_sum = float(box_loss + class_loss)
         return (box_loss + class_loss) / total
