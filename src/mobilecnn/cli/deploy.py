@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..deploy.bench import BenchConfig, run_bench, run_bench_auto
 from ..deploy.predict import PredictConfig, Predictor, iter_predictions, load_predictor
+from ..deploy.predict_boxes import DEFAULT_SCORE, RESULTS_FILE, check_score_threshold, iter_box_predictions
 from ..deploy.predict_masks import DEFAULT_OUT, iter_mask_predictions
 from ..deploy.run_export import RunExportConfig, export_run
 from ..errors import UsageError
@@ -35,13 +36,27 @@ def _export_config(args: argparse.Namespace) -> RunExportConfig:
     return config
 
 
-def _print_export(result: dict[str, Any], fmt: str, precision: str) -> None:
-    out(f"wrote {safe(result['path'])} ({result['file_bytes'] / 2**20:.2f} MiB, {fmt}, {precision})")
+def _print_agreement(result: dict[str, Any]) -> None:
+    boxes = result.get("box_agreement")
+    if boxes:
+        out(f"verified against PyTorch on real images: max |raw output diff| {result['max_abs_diff']:.3g}, relative "
+            f"{result['rel_diff']:.3g}; detections scoring >= {boxes['score_threshold']:g}: PyTorch "
+            f"{boxes['reference']}, file {boxes['file']}, {boxes['matched']} paired (same class, IoU >= "
+            f"{boxes['iou_threshold']:g}) on {boxes['images']} images")
+        return
     per = "per-pixel class" if result.get("pixel_agreement") is not None else "top-1"
     out(f"verified against PyTorch on real images: max |logit diff| {result['max_abs_diff']:.3g}, "
         f"relative {result['rel_diff']:.3g}, {per} agreement {100 * result['top1_agreement']:.2f}%")
+
+
+def _print_export(result: dict[str, Any], fmt: str, precision: str) -> None:
+    out(f"wrote {safe(result['path'])} ({result['file_bytes'] / 2**20:.2f} MiB, {fmt}, {precision})")
+    _print_agreement(result)
     check = result.get("int8_report")
-    if check and "fp32_miou" in check:
+    if check and "fp32_map" in check:
+        out(f"{precision} accuracy check: fp32 mAP {check['fp32_map']:.2f}%, {precision} mAP {check['int8_map']:.2f}% "
+            f"(drop {check['drop']:.2f} pt) on {check['images']} val images")
+    elif check and "fp32_miou" in check:
         out(f"{precision} accuracy check: fp32 mIoU {check['fp32_miou']:.2f}%, {precision} mIoU "
             f"{check['int8_miou']:.2f}% (drop {check['drop']:.2f} pt) on {check['images']} val images")
     elif check:
@@ -118,14 +133,50 @@ def _predict_masks(config: PredictConfig, predictor: Predictor, as_json: bool) -
     return 1 if failed else 0
 
 
+def _predict_boxes(config: PredictConfig, predictor: Predictor, as_json: bool) -> int:
+    """``predict`` with a detector: per image its detections and the box image written, then detections.json."""
+    out_dir = config.out or DEFAULT_OUT
+    count, failed, records = 0, 0, []
+    for r in iter_box_predictions(config.images, predictor, out_dir, config.score_threshold):
+        count += 1
+        if as_json:
+            records.append(r.to_dict())
+        if r.error:
+            failed += 1
+            error(r.error)
+            continue
+        if r.note:
+            err.print(Text("note: " + safe(r.note)))
+        if not as_json:
+            out(f"{safe(r.path)}: {len(r.detections)} detection(s) scoring >= {config.score_threshold:g} -> "
+                f"{safe(r.boxes)}")
+            for label, score, (x1, y1, x2, y2) in r.detections:
+                out(f"  {safe(label)} {score:.3f} [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+    if count == 0:
+        raise UsageError(f"no image files found in {', '.join(safe(i) for i in config.images)}")
+    results = str(Path(out_dir) / RESULTS_FILE)
+    if as_json:
+        out(json.dumps({"model": predictor.source, "task": "detection", "out": out_dir, "results": results,
+                        "score_threshold": config.score_threshold, "predictions": records}, indent=2))
+    else:
+        out(f"boxes are x1, y1, x2, y2 in each image's pixels; COCO results: {safe(results)}")
+    return 1 if failed else 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     config: PredictConfig = config_from_args(PredictConfig, args)
+    check_score_threshold(config.score_threshold)
     predictor = load_predictor(config.model, threads=config.threads, device=config.device)
     if predictor.task == "segmentation":
         return _predict_masks(config, predictor, args.json)
+    if predictor.task == "detection":
+        return _predict_boxes(config, predictor, args.json)
     if config.out is not None:
-        err.print(Text("note: --out is for segmentation models; " + safe(predictor.source) + " is a classifier: "
-                       "nothing is written"))
+        err.print(Text("note: --out is for segmentation and detection models; " + safe(predictor.source) + " is a "
+                       "classifier: nothing is written"))
+    if config.score_threshold != DEFAULT_SCORE:
+        err.print(Text("note: --score-threshold is for detection models; " + safe(predictor.source) + " is a "
+                       "classifier"))
     count, failed, records = 0, 0, []
     for r in iter_predictions(config.images, predictor, topk=config.topk):
         count += 1
@@ -156,7 +207,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it); "
-                                       "segmentation models: masks, overlays and class shares")
+                                       "segmentation models: masks, overlays and class shares; detection models: "
+                                       "boxes drawn and COCO results")
     add_config_arguments(p, PredictConfig)
     add_json_option(p, "the predictions")
     p.set_defaults(func=_cmd_predict)

@@ -5,8 +5,9 @@ has bf16 instructions; int8 on onnxruntime, OpenVINO and ExecuTorch) :func:`auto
 
 1. exports and verifies the candidate with :func:`mobilecnn.deploy.export.export_model` (fp32 against
    PyTorch's logits; bf16 and int8 by their top-1 drop on real held-out images -- a segmentation model's
-   fp32 also by its per-pixel classes, its bf16/int8 by their mIoU drop on (image, mask) pairs -- int8
-   with its calibration / float-layer fallback), into a staging folder, each in its own child process;
+   fp32 also by its per-pixel classes, its bf16/int8 by their mIoU drop on (image, mask) pairs; a detector's
+   fp32 by its detections, its bf16/int8 by their COCO mAP drop -- int8 with its calibration / float-layer
+   fallback), into a staging folder, each in its own child process;
 2. times every verified candidate *paired*: each file is loaded by its own timing process, and every
    round asks each of them for a burst of about 30 ms in a freshly shuffled order, so a background load hits all
    of them alike; a candidate's latency is the
@@ -37,6 +38,7 @@ from torch import nn
 from ..errors import ExportVerificationError, Int8AccuracyError, MissingBackendError, UsageError
 from ..files import atomic_write_text
 from ..validators import check_number, check_positive_int
+from .boxes import MapReport
 from .dense import MiouReport
 from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, SIDECAR_SUFFIX, Format, installed_formats
@@ -98,9 +100,13 @@ def _export_candidate(model: nn.Module, path: Path, images: ExportImages, config
            "float_layers": report.float_layers}
     if report.pixel_agreement is not None:  # a segmentation model: top1_agreement is per pixel
         row["pixel_agreement"] = report.pixel_agreement
+    if report.box_agreement is not None:  # a detector: top1_agreement is the share of detections paired
+        row["box_agreement"] = report.box_agreement["agreement"]
     acc = report.int8_report
     if isinstance(acc, MiouReport):
         row.update(miou=acc.int8_miou, fp32_miou=acc.fp32_miou, drop=acc.drop)
+    elif isinstance(acc, MapReport):
+        row.update(map=acc.int8_map, fp32_map=acc.fp32_map, drop=acc.drop)
     elif acc is not None:
         row.update(top1=acc.int8_top1, fp32_top1=acc.fp32_top1, drop=acc.drop)
     return row
@@ -243,9 +249,11 @@ def auto_export(model: nn.Module, out_path: str | Path, images: ExportImages, co
 
 def auto_markdown(result: dict[str, Any]) -> str:
     seg = any("miou" in r or "pixel_agreement" in r for r in result["candidates"])
+    det = any("map" in r or "box_agreement" in r for r in result["candidates"])
+    metric = "mIoU" if seg else "mAP" if det else "top-1"
     lines = [f"# export --format auto: {result.get('model', '')}".rstrip(), "",
              f"batch {result['batch']}, {result['threads']} thread(s), max drop {result['max_drop']:g} "
-             f"{'mIoU pt' if seg else 'pt'}, "
+             f"{'pt' if metric == 'top-1' else metric + ' pt'}, "
              f"{result['timing_rounds']} paired timing rounds, {result['seconds']:.0f} s in all.", ""]
     best = result.get("best")
     if best:
@@ -253,7 +261,7 @@ def auto_markdown(result: dict[str, Any]) -> str:
                   + (f" -> `{Path(result['kept']).name}`" if result.get("kept") else ""), ""]
     else:
         lines += ["No candidate passed verification: nothing kept.", ""]
-    lines += [f"| candidate | status | latency (ms) | x best [95% CI] | x fp32 | {'mIoU' if seg else 'top-1'} (drop) | "
+    lines += [f"| candidate | status | latency (ms) | x best [95% CI] | x fp32 | {metric} (drop) | "
               "size (KiB) | calibration / float layers | why refused |", "|---|---|---|---|---|---|---|---|---|"]
     def key(r: dict[str, Any]) -> float:
         return r.get("latency_ms", float("inf"))
@@ -263,7 +271,7 @@ def auto_markdown(result: dict[str, Any]) -> str:
         ratio = f"{rb[0]:.2f} [{rb[1]:.2f}, {rb[2]:.2f}]" if rb else "-"
         rf = r.get("ratio_to_best_fp32")
         rfp = f"{rf[0]:.2f}" if rf else "-"
-        score = r.get("miou", r.get("top1"))
+        score = r.get("miou", r.get("map", r.get("top1")))
         acc = f"{score:.2f} ({r['drop']:+.2f})" if score is not None else \
             (f"drop {r['drop']:+.2f}" if "drop" in r else "-")
         size = f"{r['file_bytes'] / 1024:.0f}" if "file_bytes" in r else "-"

@@ -11,7 +11,10 @@
    labelled check set, int8 with its calibration / float-layer fallback (:mod:`mobilecnn.deploy.precision`);
    a segmentation model (output N, K, H, W) must also give PyTorch's class on 99.9% of the verification
    pixels in fp32, and its bf16/int8 files are judged by their mIoU drop on (image, mask) pairs
-   (:mod:`mobilecnn.deploy.dense`);
+   (:mod:`mobilecnn.deploy.dense`); a detector (raw outputs N, A, 4 + C, decoded by
+   :func:`mobilecnn.models.ssd_boxes.detect` after any runtime) must also give PyTorch's detections in fp32,
+   and its bf16/int8 files are judged by their COCO mAP drop (:mod:`mobilecnn.deploy.boxes`); its sidecar
+   gets a ``detection`` block (anchors, feature sizes, post-processing, classes);
 4. **commit**: only then are the file(s) and the sidecar moved into place (``os.replace``, fsynced). A file
    that fails is deleted and :class:`ExportVerificationError` or :class:`Int8AccuracyError` is raised
    with the numbers; an existing file at the destination is left untouched.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -39,10 +43,11 @@ from torch import nn
 from ..errors import UsageError
 from ..layers.shuffle import shuffle_traced_as_gather
 from ..validators import check_int, check_number, check_threads
+from .boxes import BoxJudge, BoxTruth, box_check_set, check_box_truth, detection_facts, facts_anchors, is_detection
 from .dense import check_masks, is_dense
 from .fold import DeployClassifier, deploy_form
 from .formats import SIDECAR_SUFFIX, Format, format_named
-from .precision import DEFAULT_MAX_DROP, PrecisionJob, check_set, settle_precision
+from .precision import DEFAULT_MAX_DROP, Check, PrecisionJob, check_set, settle_precision
 from .quantize import check_calibration
 from .runtimes import Runtime
 from .staging import commit, staging_folder
@@ -56,7 +61,7 @@ __all__ = ["ExportConfig", "ExportImages", "ExportReport", "export_model"]
 class ExportConfig:
     """How to export: ``format`` (a :data:`FORMATS` name) at ``precision``; fp32 must match PyTorch to
     ``rtol``, bf16/int8 may lose at most ``max_drop`` top-1 points (mIoU points for a segmentation model);
-    ``threads`` for verification;
+    (mAP points for a detector); ``threads`` for verification;
     ``max_batch``: a dynamic batch 1..max_batch for a static-batch format; ``check_accuracy=False``
     (latency benchmarks only) skips the labelled check; ``int8_fallback=False``: the default
     calibration only."""
@@ -77,14 +82,15 @@ class ExportImages:
     """Real preprocessed images (float N, C, H, W): ``example`` fixes C, H, W (and a static batch);
     ``verify``: compared with PyTorch; ``calibration``: int8 calibration (256-512 training images);
     ``check``/``check_labels``: the labelled check set of bf16/int8: labels (N,), or for a segmentation model
-    masks (N, H, W) of class indices at the check images' size, 255 = ignore. A segmentation output is
-    ``K x H x W`` floats per image: keep ``verify`` to a few images (e.g. 8-16)."""
+    masks (N, H, W) of class indices at the check images' size, 255 = ignore; for a detector a
+    :class:`~mobilecnn.deploy.boxes.BoxTruth` (COCO annotations, the check images' ids and original sizes).
+    A segmentation output is ``K x H x W`` floats per image: keep ``verify`` to a few images (e.g. 8-16)."""
 
     example: torch.Tensor
     verify: torch.Tensor
     calibration: torch.Tensor | None = None
     check: torch.Tensor | None = None
-    check_labels: torch.Tensor | None = None
+    check_labels: torch.Tensor | BoxTruth | None = None
 
 
 def _fresh(t: torch.Tensor) -> torch.Tensor:
@@ -119,7 +125,7 @@ def _check_config(config: ExportConfig, fmt: Format) -> None:
 
 def _checked_images(images: ExportImages, config: ExportConfig, reference: nn.Module) -> ExportImages:
     """Validated float32 copies; calibration only for int8, the labelled set only where it is judged (masks
-    for a segmentation ``reference``, kept as uint8)."""
+    for a segmentation ``reference``, kept as uint8; a :class:`BoxTruth` for a detector)."""
     ex = images.example
     if not isinstance(ex, torch.Tensor) or ex.dim() != 4 or not ex.is_floating_point():
         raise ValueError(f"example must be a float tensor (N, C, H, W), got {type(ex).__name__} "
@@ -134,10 +140,17 @@ def _checked_images(images: ExportImages, config: ExportConfig, reference: nn.Mo
         if images.check is None or images.check_labels is None:
             raise ValueError(f"{config.precision} export needs a labelled check set (check_images=, check_labels=) "
                              f"to refuse a model that loses more than max_drop={config.max_drop} top-1 points "
-                             "(mIoU points, with masks, for a segmentation model)")
+                             "(mIoU points, with masks, for a segmentation model; mAP points, with a BoxTruth, "
+                             "for a detector)")
         out.check = _images("check_images", images.check, ex)
         with torch.no_grad():
             shape = tuple(reference(ex[:1]).shape)
+        if is_detection(shape):
+            out.check_labels = check_box_truth(images.check_labels, out.check, int(shape[2]) - 4)
+            return out
+        if isinstance(images.check_labels, BoxTruth):
+            raise ValueError(f"check_labels is a detector's BoxTruth but the model returns {shape}, not raw "
+                             "detections (N, A, 4 + C)")
         if is_dense(shape):
             if shape[2:] != tuple(ex.shape[2:]):
                 raise ValueError(f"the model returns {shape[2]}x{shape[3]} class maps for {ex.shape[2]}x{ex.shape[3]} "
@@ -174,6 +187,7 @@ class _StagedFile:
     report: ExportReport
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
+    boxes: BoxJudge | None = None
 
     def attempt(self, method: str | None, exclude: tuple[str, ...]) -> tuple[Runtime, ExportReport]:
         stage = self.target.parent
@@ -192,9 +206,11 @@ class _StagedFile:
         report.file_bytes = sum(p.stat().st_size for p in stage.iterdir() if p.is_file())
         gated = self.config.precision == "fp32" or (self.config.precision == "bf16" and not self.config.check_accuracy)
         tolerance = (BF16_RTOL if self.config.precision == "bf16" else self.config.rtol) if gated else None
+        fp32 = self.config.precision == "fp32"
+        boxes = None if self.boxes is None else dataclasses.replace(self.boxes, gated=fp32)
         runtime = verify_file(self.target, report, self.reference, self.images.verify, threads=self.config.threads,
-                              tolerance=tolerance,
-                              min_pixel_agreement=SEG_MIN_AGREEMENT if self.config.precision == "fp32" else None)
+                              tolerance=tolerance, min_pixel_agreement=SEG_MIN_AGREEMENT if fp32 else None,
+                              boxes=boxes)
         return runtime, report
 
 
@@ -209,6 +225,33 @@ def _base_report(out_path: Path, fmt: Format, config: ExportConfig, example: tor
     return ExportReport(path=out_path, format=fmt.name, precision=config.precision, max_abs_diff=float("nan"),
                         rel_diff=float("nan"), top1_agreement=0.0, file_bytes=0, notes=notes, dynamic_batch=dynamic,
                         static_batch=static_batch, scheme=scheme)
+
+
+def _detector(reference: nn.Module, example: torch.Tensor, sidecar: dict[str, Any] | None
+              ) -> tuple[BoxJudge | None, dict[str, Any] | None]:
+    """A detector's verification judge and its sidecar with the ``detection`` block (None and the sidecar as
+    given for any other model)."""
+    with torch.no_grad():
+        shape = tuple(reference(example[:1]).shape)
+    if not is_detection(shape):
+        return None, sidecar
+    h, w = int(example.shape[2]), int(example.shape[3])
+    facts = detection_facts(reference, h, w, (sidecar or {}).get("data"))
+    anchors = facts_anchors(facts, "the detection block")  # the sidecar's own recipe, as predict rebuilds them
+    own = getattr(reference, "anchors", None)
+    if anchors.shape[0] != shape[1] or (callable(own) and not torch.equal(own(h, w).cpu(), anchors)):
+        raise ValueError(f"the detector returns {shape[1]} rows for {h}x{w} images but the anchors its spec and "
+                         f"feature sizes make ({anchors.shape[0]}) are not its own")
+    return BoxJudge(anchors), None if sidecar is None else {**sidecar, "detection": facts}
+
+
+def _check_set(reference: nn.Module, images: ExportImages, ref: Any, boxes: BoxJudge | None) -> Check | None:
+    if images.check is None or images.check_labels is None:
+        return None
+    if isinstance(images.check_labels, BoxTruth):
+        assert boxes is not None
+        return box_check_set(reference, images.check, images.check_labels, boxes.anchors)
+    return check_set(reference, images.check, images.check_labels, int(ref.shape[1]) if ref.ndim == 4 else None)
 
 
 def export_model(model: nn.Module, out_path: str | Path, images: ExportImages, config: ExportConfig,
@@ -227,17 +270,15 @@ def export_model(model: nn.Module, out_path: str | Path, images: ExportImages, c
     _check_config(config, fmt)
     reference = copy.deepcopy(model).eval()
     images = _checked_images(images, config, reference)
+    boxes, sidecar = _detector(reference, images.example, sidecar)
     net, notes = _deploy_net(model, fmt, images.example)
     try:
         with staging_folder(out_path, "export") as stage:
             ref = logits_of(reference, images.verify)
-            check = None
-            if images.check is not None and images.check_labels is not None:
-                check = check_set(reference, images.check, images.check_labels,
-                                  int(ref.shape[1]) if ref.ndim == 4 else None)
+            check = _check_set(reference, images, ref, boxes)
             base = _base_report(out_path, fmt, config, images.example)
             staged = _StagedFile(fmt, net, stage / out_path.name, images, config, ref, base, base.notes + notes,
-                                 None if sidecar is None else {**sidecar, "precision": config.precision})
+                                 None if sidecar is None else {**sidecar, "precision": config.precision}, boxes)
             job = PrecisionJob(fmt, config.precision, config.max_drop, config.int8_fallback, net, images.calibration)
             runtime, report = settle_precision(job, staged.attempt, check)
             del runtime

@@ -3,7 +3,9 @@
 bf16 and int8 files are refused when their top-1 on a labelled check set (real held-out images) is
 more than ``max_drop`` points below PyTorch fp32's; a segmentation model's (labels: masks N, H, W) when
 its mIoU -- one confusion matrix over the whole check set, DeepLab's way -- is more than ``max_drop``
-mIoU points below PyTorch fp32's (:mod:`mobilecnn.deploy.dense`). Before refusing int8,
+mIoU points below PyTorch fp32's (:mod:`mobilecnn.deploy.dense`); a detector's (labels: a
+:class:`~mobilecnn.deploy.boxes.BoxTruth`) when its COCO box mAP on the check images is more than ``max_drop``
+mAP points below PyTorch fp32's (:mod:`mobilecnn.deploy.boxes`). Before refusing int8,
 :func:`settle_precision` tries every calibration method of the format in order, then (with the best
 method) keeps the most int8-sensitive layers in float, 1, 2, 4, ... of them (NNCF's accuracy-control idea,
 for every format); the report names the calibration, the float layers and every attempt.
@@ -20,13 +22,14 @@ import torch
 from torch import nn
 
 from ..errors import Int8AccuracyError
+from .boxes import BoxCheckSet, MapReport
 from .dense import MiouReport, class_maps, evaluate_miou, sensitivity_plan, torch_fn
 from .formats import Format
 from .quantize import Int8Report, evaluate_int8, int8_sensitivity
 from .runtimes import Runtime
 from .verify import ExportReport, logits_of
 
-__all__ = ["CheckSet", "Attempt", "PrecisionJob", "settle_precision", "check_set", "DEFAULT_MAX_DROP",
+__all__ = ["CheckSet", "Check", "Attempt", "PrecisionJob", "settle_precision", "check_set", "DEFAULT_MAX_DROP",
            "MAX_EXCLUDE_STEPS"]
 
 #: Top-1 points (mIoU points for a segmentation model) a bf16/int8 file may lose against PyTorch fp32
@@ -39,7 +42,7 @@ MAX_EXCLUDE_STEPS = 5
 Attempt = Callable[[str | None, tuple[str, ...]], tuple[Runtime, ExportReport]]
 
 
-Judged = Int8Report | MiouReport
+Judged = Int8Report | MiouReport | MapReport
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,15 @@ class CheckSet:
                                  precision=precision)
         return evaluate_int8(None, runtime, self.images, self.labels, fp32_preds=self.fp32_preds)
 
+    def ranked_layers(self, net: nn.Module, calibration: torch.Tensor) -> list[str]:
+        """The int8 fallback's layers, most sensitive first (a segmentation model's ranked per pixel, in batches)."""
+        images, batch = sensitivity_plan(calibration) if self.dense else (32, None)
+        return [name for name, _ in int8_sensitivity(net, calibration, images=images, batch_size=batch)]
+
+
+#: The labelled check set of a bf16/int8 export: a classifier's or segmenter's, or a detector's.
+Check = CheckSet | BoxCheckSet
+
 
 def check_set(reference: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               num_classes: int | None = None) -> CheckSet:
@@ -85,7 +97,7 @@ class PrecisionJob:
     calibration: torch.Tensor | None
 
 
-def settle_precision(job: PrecisionJob, attempt: Attempt, check: CheckSet | None) -> tuple[Runtime, ExportReport]:
+def settle_precision(job: PrecisionJob, attempt: Attempt, check: Check | None) -> tuple[Runtime, ExportReport]:
     """Write, verify and (bf16/int8 with a ``check`` set) judge the file; raise when it loses too much."""
     if job.precision == "fp32":
         return attempt(None, ())
@@ -106,14 +118,21 @@ def settle_precision(job: PrecisionJob, attempt: Attempt, check: CheckSet | None
     return _int8_search(job, attempt, check)
 
 
-def _int8_search(job: PrecisionJob, attempt: Attempt, check: CheckSet) -> tuple[Runtime, ExportReport]:
+def _score(acc: Judged) -> dict[str, float]:
+    if isinstance(acc, MiouReport):
+        return {"int8_miou": acc.int8_miou}
+    if isinstance(acc, MapReport):
+        return {"int8_map": acc.int8_map}
+    return {"int8_top1": acc.int8_top1}
+
+
+def _int8_search(job: PrecisionJob, attempt: Attempt, check: Check) -> tuple[Runtime, ExportReport]:
     attempts: list[dict[str, Any]] = []
 
     def judged(method: str, exclude: tuple[str, ...]) -> tuple[Runtime, ExportReport, Judged]:
         runtime, report = attempt(method, exclude)
         acc = check.judge(runtime)
-        score = {"int8_miou": acc.int8_miou} if isinstance(acc, MiouReport) else {"int8_top1": acc.int8_top1}
-        attempts.append({"calibration": method, "float_layers": list(exclude), "drop": acc.drop, **score,
+        attempts.append({"calibration": method, "float_layers": list(exclude), "drop": acc.drop, **_score(acc),
                          "agreement": acc.agreement})
         report.int8_report, report.calibration, report.float_layers = acc, method, list(exclude)
         report.attempts = attempts
@@ -130,8 +149,7 @@ def _int8_search(job: PrecisionJob, attempt: Attempt, check: CheckSet) -> tuple[
         del runtime
         best = min(best or (last.drop, method), (last.drop, method))
     if job.fallback and best is not None and job.calibration is not None:
-        images, batch = sensitivity_plan(job.calibration) if check.dense else (32, None)
-        ranked = [name for name, _ in int8_sensitivity(job.net, job.calibration, images=images, batch_size=batch)]
+        ranked = check.ranked_layers(job.net, job.calibration)
         k = 1
         for _ in range(MAX_EXCLUDE_STEPS):
             if k > max(1, len(ranked) // 2):

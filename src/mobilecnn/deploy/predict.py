@@ -1,7 +1,9 @@
 """Classify image files with a trained run, a weight file, or an exported file (ONNX, OpenVINO, ExecuTorch...).
 
 A segmentation model (its registry entry's ``task``) is loaded here too; its masks are made by
-:mod:`.predict_masks`.
+:mod:`.predict_masks`. A detector's boxes are made by :mod:`.predict_boxes`, from its raw outputs and the
+anchors that its ``detection`` facts describe (the export sidecar's block, or the same facts read from the
+PyTorch model: :func:`mobilecnn.deploy.boxes.detection_facts`).
 
 Every image goes through :class:`mobilecnn.data.images.Preprocessing`, the transform the model was
 evaluated with (stored in the run's config, the weights' metadata or the export sidecar), so a
@@ -30,6 +32,7 @@ from ..models import get_model_entry
 from ..models.registry import TASKS
 from ..runs.rundir import load_trained
 from ..validators import check_threads, is_int
+from .boxes import detection_facts
 from .formats import SIDECAR_SUFFIX, load_runtime
 
 __all__ = ["PredictConfig", "Prediction", "Predictor", "load_predictor", "expand_inputs", "predict_files",
@@ -48,7 +51,10 @@ class PredictConfig:
     model: str = field(default="", metadata=cli("run directory, .safetensors, or an exported file", required=True))
     topk: int = field(default=5, metadata=cli("classes printed per image (classifiers)", type=positive_int))
     out: str | None = field(default=None, metadata=cli(
-        "segmentation models: where the masks and overlays go (default: ./predictions)", metavar="DIR"))
+        "segmentation and detection models: where the masks and overlays, or the box images and detections.json, "
+        "go (default: ./predictions)", metavar="DIR"))
+    score_threshold: float = field(default=0.3, metadata=cli(
+        "detection models: the lowest score of a box drawn and listed, a number in [0, 1)"))
     threads: int = field(default=1, metadata=cli("runtime threads", type=positive_int))
     device: str = field(default="auto", metadata=cli(
         "run directories and .safetensors: auto, cpu, cuda, cuda:N or mps (exported files run on the CPU)"))
@@ -74,7 +80,8 @@ class Predictor:
     preprocessing: Preprocessing
     source: str
     model: str = ""  # the registry name, when known
-    task: str = "classification"  # or "segmentation": one class per pixel (see .predict_masks)
+    task: str = "classification"  # or "segmentation": one class per pixel (see .predict_masks); or "detection"
+    detection: dict[str, Any] | None = None  # a detector's facts: anchors, post-processing, classes (.boxes)
 
 
 def model_task(model: Any, data: Any = None) -> str:
@@ -130,8 +137,11 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
                                   f"with in_chans={loaded.model.in_chans}")
         names = _labels(loaded.data.get("class_names"), getattr(loaded.model, "num_classes", None),
                         f"{loaded.weights_file} metadata")
+        task = model_task(loaded.model_name, loaded.data)
+        facts = detection_facts(loaded.model, pre.resolution, pre.resolution, loaded.data) \
+            if task == "detection" else None
         return Predictor(logits, names, pre, source=f"{loaded.model_name} ({loaded.weights} weights, PyTorch)",
-                         model=loaded.model_name, task=model_task(loaded.model_name, loaded.data))
+                         model=loaded.model_name, task=task, detection=facts)
     if device is not None and str(device).strip().lower() not in ("auto", "cpu"):
         raise UsageError(f"--device {device} applies to run directories and .safetensors files; {path.name} runs "
                          "in its own runtime on the CPU (pass --device cpu or auto)")
@@ -142,9 +152,11 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
            else Preprocessing.for_dataset(data, where))
     names = _labels(data.get("class_names") if isinstance(data, dict) else None, None, where)
     runtime = load_runtime(path, threads=threads)
+    facts = info.get("detection")
     return Predictor(runtime, names, pre,
                      source=f"{info.get('model')} ({path.suffix[1:]} file, {info.get('precision', 'fp32')})",
-                     model=str(info.get("model") or ""), task=model_task(info.get("model"), data))
+                     model=str(info.get("model") or ""), task=model_task(info.get("model"), data),
+                     detection=facts if isinstance(facts, dict) else None)
 
 
 def preprocess_image(path: str | Path, predictor: Predictor) -> np.ndarray:
@@ -192,8 +204,9 @@ def iter_predictions(inputs: Sequence[str | Path], predictor: Predictor, topk: i
     if not is_int(topk) or topk < 1:
         raise DataError(f"--topk must be an integer >= 1, got {topk!r}")
     if predictor.task != "classification":
-        raise UsageError(f"{predictor.source} is a {predictor.task} model: its predictions are masks "
-                         "(mobilecnn.deploy.predict_masks.predict_masks), not labels")
+        what = "boxes (mobilecnn.deploy.predict_boxes.predict_boxes)" if predictor.task == "detection" else \
+            "masks (mobilecnn.deploy.predict_masks.predict_masks)"
+        raise UsageError(f"{predictor.source} is a {predictor.task} model: its predictions are {what}, not labels")
     pending: list[Prediction] = []
     ready: list[tuple[Prediction, np.ndarray]] = []
     for path in expand_inputs(inputs):

@@ -43,7 +43,8 @@ from ..validators import is_int, is_number
 from .predict import Predictor, expand_inputs
 
 __all__ = ["DEFAULT_OUT", "UPSAMPLE_BUDGET", "MaskPrediction", "segmentation_predictor", "upsampled_argmax",
-           "iter_mask_predictions", "predict_masks", "MASK_SUFFIX", "OVERLAY_SUFFIX"]
+           "iter_mask_predictions", "predict_masks", "MASK_SUFFIX", "OVERLAY_SUFFIX", "OutputNames", "decode",
+           "out_folder"]
 
 #: Where masks and overlays go when no folder is given (relative to the working directory).
 DEFAULT_OUT = "predictions"
@@ -80,8 +81,10 @@ def segmentation_predictor(predictor: Predictor) -> Predictor:
     """``predictor`` checked to be a segmentation model reading RGB, with its resize made "square" (the
     whole image goes in: a centre crop would leave the borders without a prediction)."""
     if predictor.task != "segmentation":
+        what = "boxes (mobilecnn.deploy.predict_boxes.predict_boxes)" if predictor.task == "detection" else \
+            "labels (mobilecnn.deploy.predict.predict_files)"
         raise UsageError(f"{predictor.source} is a {predictor.task} model, not a segmentation model: its "
-                         "predictions are labels (mobilecnn.deploy.predict.predict_files)")
+                         f"predictions are {what}")
     pre = predictor.preprocessing
     if pre.in_chans != 3:
         raise CheckpointError(f"{predictor.source}: its preprocessing makes {pre.in_chans}-channel images; "
@@ -136,34 +139,36 @@ def upsampled_argmax(logits: torch.Tensor | np.ndarray, size: tuple[int, int],
     return up.argmax(0).to(torch.uint8).numpy()
 
 
-class _OutputNames:
-    """``OUT/<stem>_mask.png`` and ``_overlay.png`` per input, a counter added where a stem was used already
-    (case-insensitively) or where the output would replace one of the inputs."""
+class OutputNames:
+    """``OUT/<stem><suffix>`` per input for each of ``suffixes``, a counter added where a stem was used already
+    (case-insensitively) or where an output would replace one of the inputs."""
 
-    def __init__(self, out_dir: Path, inputs: Sequence[Path]) -> None:
+    def __init__(self, out_dir: Path, inputs: Sequence[Path], suffixes: Sequence[str] = (MASK_SUFFIX, OVERLAY_SUFFIX)
+                 ) -> None:
         self.out_dir = out_dir
+        self.suffixes = tuple(suffixes)
         self.used: set[str] = set()
         self.inputs = {_resolved(p) for p in inputs}
 
-    def take(self, path: Path) -> tuple[Path, Path, str | None]:
+    def take(self, path: Path) -> tuple[list[Path], str | None]:
         stem, n = path.stem, 1
         while True:
             name = stem if n == 1 else f"{stem}-{n}"
-            mask, overlay = self.out_dir / f"{name}{MASK_SUFFIX}", self.out_dir / f"{name}{OVERLAY_SUFFIX}"
-            if name.casefold() not in self.used and not {_resolved(mask), _resolved(overlay)} & self.inputs:
+            outputs = [self.out_dir / f"{name}{suffix}" for suffix in self.suffixes]
+            if name.casefold() not in self.used and not {_resolved(p) for p in outputs} & self.inputs:
                 break
             n += 1
         self.used.add(name.casefold())
         note = None if n == 1 else (f"{path}: another input has the name {stem!r} (or an input is in the way): "
-                                    f"written as {mask.name} and {overlay.name}")
-        return mask, overlay, note
+                                    f"written as {' and '.join(p.name for p in outputs)}")
+        return outputs, note
 
 
 def _resolved(path: Path) -> str:
     return str(path.resolve()).casefold()
 
 
-def _decode(path: Path) -> torch.Tensor:
+def decode(path: Path) -> torch.Tensor:
     """uint8 (3, H, W); :class:`DataError` naming the file when it is not a readable image."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -226,10 +231,11 @@ def _segment(jobs: list[_Job], predictor: Predictor, alpha: float) -> None:
         job.result.size = (int(w), int(h))
 
 
-def _out_folder(out_dir: str | Path | None) -> Path:
+def out_folder(out_dir: str | Path | None, what: str = "the masks and overlays") -> Path:
+    """The output folder (default :data:`DEFAULT_OUT`), created; a file there is a one-line error."""
     out = Path(DEFAULT_OUT if out_dir is None else out_dir)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file: pass a folder for the masks and overlays")
+        raise UsageError(f"--out {out} is a file: pass a folder for {what}")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -244,19 +250,19 @@ def iter_mask_predictions(inputs: Sequence[str | Path], predictor: Predictor, ou
         raise UsageError(f"alpha must be a number in [0, 1], got {alpha!r}")
     predictor = segmentation_predictor(predictor)
     files = expand_inputs(inputs)
-    out = _out_folder(out_dir)
-    names = _OutputNames(out, files)
+    out = out_folder(out_dir)
+    names = OutputNames(out, files)
     pending: list[MaskPrediction] = []
     jobs: list[_Job] = []
     for path in files:
         result = MaskPrediction(str(path))
         pending.append(result)
         try:
-            image = _decode(path)
+            image = decode(path)
         except DataError as exc:
             result.error = str(exc)
         else:
-            mask_path, overlay_path, result.note = names.take(path)
+            (mask_path, overlay_path), result.note = names.take(path)
             jobs.append(_Job(result, image, mask_path, overlay_path))
         if len(jobs) >= batch_size:
             _segment(jobs, predictor, alpha)

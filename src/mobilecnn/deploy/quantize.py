@@ -303,17 +303,21 @@ def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int = 32,
-                     batch_size: int | None = None) -> list[tuple[str, float]]:
+                     batch_size: int | None = None,
+                     to_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[tuple[str, float]]:
     """Layers of ``net`` (convs and linears), most int8-sensitive first, with their score.
 
     Each layer alone gets s8 per-channel weights and u8 per-tensor (min/max) input activations, in
     PyTorch; the score is the mean KL divergence of the softmax (over dimension 1: per image, or per pixel
     of a segmentation output) from the float model's on ``images`` calibration images, run ``batch_size``
-    at a time (None: all at once). Backend-independent, one forward per layer.
+    at a time (None: all at once). ``to_logits``: maps the output to the logits whose softmax over dimension 1 is
+    compared (a detector's class logits per anchor); default the output itself. Backend-independent, one
+    forward per layer.
     """
     x = calibration[:images]
     chunks = [x] if batch_size is None else [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
     layers = [(n, m) for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    logits = to_logits or (lambda y: y)
     ranges: dict[str, tuple[float, float]] = {}
 
     def record(name: str):
@@ -326,7 +330,7 @@ def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int =
     handles = [m.register_forward_pre_hook(record(n)) for n, m in layers]
     try:
         with torch.no_grad():
-            refs = [torch.log_softmax(net(c).float(), 1) for c in chunks]
+            refs = [torch.log_softmax(logits(net(c)).float(), 1) for c in chunks]
     finally:
         for h in handles:
             h.remove()
@@ -346,7 +350,7 @@ def int8_sensitivity(net: nn.Module, calibration: torch.Tensor, *, images: int =
         handle = m.register_forward_pre_hook(fq)
         try:
             with torch.no_grad():
-                kls = [(ref.exp() * (ref - torch.log_softmax(net(c).float(), 1))).sum(1)
+                kls = [(ref.exp() * (ref - torch.log_softmax(logits(net(c)).float(), 1))).sum(1)
                        for c, ref in zip(chunks, refs)]
         finally:
             handle.remove()

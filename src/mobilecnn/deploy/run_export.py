@@ -14,6 +14,13 @@ training crop), the images resized bilinearly and the masks nearest-neighbour
 mIoU drop. Its outputs are ``K x H x W`` per image, so the verification set is :data:`SEG_VERIFY_COUNT`
 images at most and the check and calibration sets are bounded by input pixels (:data:`SEG_CHECK_PIXELS`,
 :data:`SEG_CALIBRATION_PIXELS`); the result's notes say when they cut the counts asked for.
+
+A run trained on a detection dataset (a ``DetDataInfo``: ``"task": "detection"``, ``"name": "coco:/folder"``) is
+exported on its own COCO folder the same way (``--data-dir`` overrides it): val images warped to the run's
+square input as its evaluation does (:func:`mobilecnn.data.detection.load_detection`), with their COCO ids,
+original sizes and the val annotations as the mAP check's ground truth
+(:class:`~mobilecnn.deploy.boxes.BoxTruth`); int8 calibration on un-augmented training images. The same
+bounds apply (the images are held in memory).
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ from typing import Any
 import torch
 
 from ..data import Preprocessing, load_data, locate_dataset
+from ..data.detection import DetOptions, load_detection
 from ..data.names import FASHION_MNIST, segmentation_folder
 from ..data.segmentation_samples import segmentation_samples
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from ..fields import cli, positive_int
 from ..runs.rundir import load_trained
 from ..validators import check_int, check_number, check_positive_int
 from .auto import DEFAULT_SECONDS, AutoConfig, auto_candidates, auto_export
+from .boxes import BoxTruth
 from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, PRECISIONS, SIDECAR_SUFFIX
 from .precision import DEFAULT_MAX_DROP
@@ -91,7 +100,8 @@ class RunExportConfig:
     data_dir: str | None = field(default=None, metadata=cli(
         "where the run's dataset lies (default: its recorded place)"))
     max_drop: float = field(default=DEFAULT_MAX_DROP, metadata=cli(
-        "refuse bf16/int8 losing more top-1 points (mIoU points for a segmentation run) than this (int8 first "
+        "refuse bf16/int8 losing more top-1 points (mIoU points for a segmentation run, COCO mAP points for a "
+        "detection run) than this (int8 first "
         "tries other calibrations and keeps the most sensitive layers in float)"))
     threads: int = field(default=1, metadata=cli("runtime threads for verification and timing", type=positive_int))
     batch: int = field(default=1, metadata=cli("auto: batch size the candidates are timed at", type=positive_int))
@@ -136,6 +146,15 @@ def _default_out(config: RunExportConfig, model_name: str, run_dir: Path | None)
     return Path(base) / "export" / f"{model_name}{tag}{FORMATS[config.format].suffix}"
 
 
+def _bounded(count: int, pixels: int, side: int, what: str, notes: list[str]) -> int:
+    """``count`` images of ``side`` x ``side``, at most ``pixels`` input pixels in all (a note when cut)."""
+    most = max(1, pixels // (side * side))
+    if count > most:
+        notes.append(f"{what}: {most} images of {side}x{side} instead of {count} (dense outputs and the images held "
+                     f"in memory are large; at most {pixels} input pixels)")
+    return min(count, most)
+
+
 def _segmentation_images(config: RunExportConfig, info: dict[str, Any], preprocessing: Preprocessing,
                          checked: bool, calibrated: bool) -> tuple[ExportImages, list[str]]:
     """A segmentation run's export images (module docstring) and notes on the counts cut by the pixel bounds."""
@@ -145,26 +164,82 @@ def _segmentation_images(config: RunExportConfig, info: dict[str, Any], preproce
     r = preprocessing.resolution
     notes: list[str] = []
 
-    def bounded(count: int, pixels: int, what: str) -> int:
-        most = max(1, pixels // (r * r))
-        if count > most:
-            notes.append(f"{what}: {most} images of {r}x{r} instead of {count} (segmentation outputs are large; "
-                         f"at most {pixels} input pixels)")
-        return min(count, most)
-
     def sample(data: str, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         return segmentation_samples(data, r, split, count, preprocessing=preprocessing)
 
     verify_count = min(SEG_VERIFY_COUNT, max(1, SEG_VERIFY_PIXELS // (r * r)))
     if checked:
-        check, masks = sample(folder, "val", bounded(config.check_count, SEG_CHECK_PIXELS, "mIoU check set"))
+        check, masks = sample(folder, "val", _bounded(config.check_count, SEG_CHECK_PIXELS, r, "mIoU check set",
+                                                      notes))
         verify = check[:verify_count]
     else:
         check, masks = None, None
         verify = sample(folder, "val", verify_count)[0]
-    calibration = sample(config.calibration_data or folder, "train", bounded(
-        config.calibration_count, SEG_CALIBRATION_PIXELS, "int8 calibration set"))[0] if calibrated else None
+    calibration = sample(config.calibration_data or folder, "train", _bounded(
+        config.calibration_count, SEG_CALIBRATION_PIXELS, r, "int8 calibration set", notes))[0] if calibrated else None
     return ExportImages(verify[:1], verify, calibration, check, masks), notes
+
+
+@dataclass
+class _DetSamples:
+    images: torch.Tensor
+    info: Any  # the DetDataInfo of the folder read
+    image_ids: list[int]
+    sizes: list[tuple[int, int]]
+
+
+def _detection_samples(folder: str, split: str, count: int, preprocessing: Preprocessing) -> _DetSamples:
+    """Up to ``count`` images of a split of the COCO ``folder``, warped to the square input as the evaluation
+    does (training images without augmentation), with the val images' ids and original sizes."""
+    val = split == "val"
+    options = DetOptions(batch_size=1, eval_batch_size=8, resolution=preprocessing.resolution,
+                         subset=1 if val else count, val_subset=count if val else 1, workers=0,
+                         preprocessing=preprocessing, photometric=False, zoom_out=False, iou_crop=False, flip=False)
+    try:
+        train, val_batches, info = load_detection(folder, options)
+    except DataError as exc:
+        raise DataError(f"{str(exc).rstrip('.')} (the detection export reads its images there; pass --data-dir or "
+                        "--calibration-data a COCO-layout folder)") from None
+    loader = val_batches if val else train
+    xs, n = [], 0
+    for x, _ in loader.batches(0):
+        xs.append(x)
+        n += len(x)
+        if n >= count:
+            break
+    return _DetSamples(torch.cat(xs)[:count], info, loader.image_ids[:count], loader.image_sizes[:count])
+
+
+def _detection_images(config: RunExportConfig, info: dict[str, Any], preprocessing: Preprocessing,
+                      checked: bool, calibrated: bool) -> tuple[ExportImages, list[str]]:
+    """A detection run's export images (module docstring): val images with their COCO ground truth."""
+    layout, _, recorded = str(info.get("name") or "").partition(":")
+    folder = config.data_dir or (recorded if layout == "coco" and recorded else None)
+    if not folder:
+        raise UsageError(f"the run's dataset description names no COCO folder ({info.get('name')!r}); pass "
+                         "--data-dir FOLDER (a COCO-layout detection dataset) for the verification images and the "
+                         "mAP check")
+    r = preprocessing.resolution
+    notes: list[str] = []
+    verify_count = min(SEG_VERIFY_COUNT, max(1, SEG_VERIFY_PIXELS // (r * r)))
+    cut: list[str] = []
+    count = _bounded(config.check_count, SEG_CHECK_PIXELS, r, "mAP check set", cut) if checked else verify_count
+    val = _detection_samples(folder, "val", count, preprocessing)
+    notes += cut if len(val.images) >= count else []  # a smaller val split was not cut by the bound
+    names = info.get("class_names")
+    if names and list(val.info.class_names) != list(names):
+        raise UsageError(f"{folder} has the classes {val.info.class_names[1:]} but the run was trained on "
+                         f"{list(names)[1:]}; pass --data-dir the run's dataset")
+    truth = BoxTruth(val.info.val_annotations, tuple(val.image_ids), tuple(val.sizes),
+                     tuple(val.info.category_ids)) if checked else None
+    calibration = None
+    if calibrated:
+        cut = []
+        count = _bounded(config.calibration_count, SEG_CALIBRATION_PIXELS, r, "int8 calibration set", cut)
+        calibration = _detection_samples(config.calibration_data or folder, "train", count, preprocessing).images
+        notes += cut if len(calibration) >= count else []
+    verify = val.images[:verify_count]
+    return ExportImages(verify[:1], verify, calibration, val.images if checked else None, truth), notes
 
 
 def _run_images(config: RunExportConfig, info: dict[str, Any], preprocessing: Preprocessing,
@@ -191,7 +266,8 @@ def _run_images(config: RunExportConfig, info: dict[str, Any], preprocessing: Pr
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **options: Any) -> dict[str, Any]:
     """Export a trained run (``options``: the other :class:`RunExportConfig` fields); returns the export
     report (or the auto table) plus the sidecar path. Raises on failure, leaving nothing behind.
-    A segmentation run (module docstring) is verified per pixel and judged by its mIoU drop."""
+    A segmentation run (module docstring) is verified per pixel and judged by its mIoU drop, a detection run by
+    its detections and its COCO mAP drop."""
     config = RunExportConfig(run=str(run), format=fmt, out=None if out is None else str(out), **options)
     _check(config)
     auto = config.format == "auto"
@@ -200,7 +276,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **optio
     info = loaded.data
     preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
     checked, calibrated = precision != "fp32" or auto, auto or precision == "int8"
-    gather = _segmentation_images if info.get("task") == "segmentation" else _run_images
+    gather = {"segmentation": _segmentation_images, "detection": _detection_images}.get(str(info.get("task")),
+                                                                                         _run_images)
     images, notes = gather(config, info, preprocessing, checked, calibrated)
     sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
                "format": config.format, "data": info, "preprocessing": preprocessing.to_dict()}
