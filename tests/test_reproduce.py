@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mobilecnn.reproduce import QUICK, ReproducePlan, plan_models, rebuild_report, run_reproduce
+from mobilecnn.reproduce_detection import DetPlan
 from mobilecnn.reproduce_segmentation import SegPlan
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -25,7 +26,7 @@ def test_plans_cover_the_issue():
 
 
 @pytest.mark.skipif(not FASHION.is_file(), reason="Fashion-MNIST not installed")
-def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes):
+def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes, det_scenes):
     import mobilecnn.reproduce as rep
 
     # one Table 5 level with one ShuffleNet, which is also the Table 3 pair: 4 tiny runs
@@ -33,12 +34,17 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes):
     # and the segmentation section: the on-device candidate for a few steps on the small scenes
     monkeypatch.setattr(rep, "SEG_QUICK", SegPlan("quick", ("mnv2_os16",), seeds=1, epochs=0.5, val_subset=4,
                                                   bench_repeats=2, data=str(seg_scenes)))
+    # and the detection section: SSDLite on MobileNetV2 for a few steps on the small scenes
+    monkeypatch.setattr(rep, "DET_QUICK", DetPlan("quick", ("mnv2_ssdlite",), seeds=1, epochs=0.5, resolution=64,
+                                                  val_subset=4, bench_repeats=2, data=str(det_scenes)))
     plan = ReproducePlan("test", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=256,
                          bench_repeats=2, int8_check_images=300, int8_calibration_images=64)
     summary = run_reproduce(plan, tmp_path)
     seg = (tmp_path / "segmentation.md").read_text()
     assert "MobileNetV2 Table 7" in seg and "| `mnv2_os16` | `deeplabv3_mobilenet_v2_x1_0` |" in seg
     assert "MF vs single scale" in seg and seg in (tmp_path / "report.md").read_text()
+    det = (tmp_path / "detection.md").read_text()
+    assert "## Detection: SSDLite" in det and det in (tmp_path / "report.md").read_text()
     text = Path(summary["report"]).read_text()
     assert "mobilecnn reproduce --test" in text and "## Claims" in text
     assert "Table 5, 0.25 MobileNet" in text and "Table 3, shufflenet_v1_g8_x0_5" in text
@@ -49,7 +55,7 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes):
     def measured_again(*args, **kwargs):
         raise AssertionError("a finished model was trained or measured again")
 
-    for step in ("_train_eval", "_latency", "_int8"):
+    for step in ("_train_eval", "onnx_latency", "_int8"):
         monkeypatch.setattr(rep, step, measured_again)
     again = run_reproduce(plan, tmp_path)
     assert again["elapsed_s"] >= summary["elapsed_s"] * 0.9  # the total still counts the recorded work

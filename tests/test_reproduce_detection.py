@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 
 from mobilecnn.reproduce import QUICK, ReproduceConfig
-from mobilecnn.reproduce_detection import DET_FULL, DET_QUICK, DET_VARIANTS, DetPlan, DetResult, detection_report, \
-    run_detection
+from mobilecnn.reproduce_detection import (
+    DET_FULL,
+    DET_QUICK,
+    DET_VARIANTS,
+    DetPlan,
+    DetResult,
+    detection_report,
+    run_detection,
+)
 
 
 def _res(key: str, maps: list[float], macs_320: int, latency: float = 3.0) -> DetResult:

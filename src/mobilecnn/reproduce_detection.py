@@ -53,7 +53,7 @@ class DetPlan:
     variants: tuple[str, ...]
     seeds: int
     epochs: float
-    resolution: int = 160
+    resolution: int = 128  # the scenes' side (the fast_detection recipe's)
     val_subset: int | None = None
     bench_repeats: int = 10
     threads: int | None = None

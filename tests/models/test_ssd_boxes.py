@@ -131,3 +131,11 @@ def test_to_pixels_scales_x_by_width_and_y_by_height():
     det = detect(_raw_for(anchors, {0: 1}), anchors, PostProcess(score_threshold=0.5))[0]
     px = to_pixels(det, 640, 480)
     assert torch.allclose(px.boxes, det.boxes * torch.tensor([640, 480, 640, 480]))
+
+
+def test_boxes_clipped_to_nothing_are_dropped():
+    anchors = grid_anchors(SIZES_320, AnchorSpec())
+    raw = _raw_for(anchors, {0: 1, 500: 2})
+    raw[0, 0, 0] = -50.0  # the first anchor's box moved far left of the image: zero width once clipped
+    det = detect(raw, anchors, PostProcess(score_threshold=0.5))[0]
+    assert det.labels.tolist() == [2]

@@ -12,7 +12,8 @@ exported file (ONNX, OpenVINO, ExecuTorch, LiteRT) are decoded by the same code:
 * **Box coder** (:func:`encode_boxes`, :func:`decode_boxes`): Faster R-CNN's, scales 10, 10, 5, 5 (TF's
   ``faster_rcnn_box_coder``; torchvision's ``BoxCoder(weights=(10, 10, 5, 5))``), offsets in x, y, w, h order.
 * **Post-processing** (:func:`detect`): softmax over the classes (the model is trained with softmax
-  cross-entropy, :mod:`mobilecnn.train.detection_loss`), the best ``per_class`` anchors of each class above
+  cross-entropy, :mod:`mobilecnn.train.detection_loss`), boxes clipped to the image (one clipped to zero width or
+  height is dropped), the best ``per_class`` anchors of each class above
   ``score_threshold``, class-wise NMS at ``nms_iou`` (torchvision's ``batched_nms``), the ``max_detections``
   best kept. The defaults are the TF config's (score 1e-8, IoU 0.6, 100 per class and in total).
 
@@ -163,6 +164,9 @@ def detect(raw: torch.Tensor, anchors: torch.Tensor, post: PostProcess | None = 
     anchors = anchors.to(raw.device)
     boxes = decode_boxes(raw[..., :4], anchors).clamp(0.0, 1.0)
     probs = torch.softmax(raw[..., 4:], dim=-1)[..., 1:]
+    # a box clamped to nothing (entirely outside the image) is no detection
+    empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+    probs = probs.masked_fill(empty.unsqueeze(-1), 0.0)
     return [_detect_one(boxes[i], probs[i], post) for i in range(raw.shape[0])]
 
 

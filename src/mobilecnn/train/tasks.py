@@ -200,7 +200,7 @@ class DetectionTask:
                              subset=cfg.subset, val_subset=cfg.val_subset, workers=cfg.workers, preprocessing=pre,
                              data_dir=cfg.data_dir, seed=cfg.seed, rank=how.rank, world_size=how.world_size,
                              device=how.device if how.device.type != "cpu" else None,
-                             zoom_out=s.recipe.zoom_out)
+                             zoom_out=s.recipe.zoom_out, iou_crop=s.recipe.iou_crop)
         return load_detection(detection_folder(cfg.data), options)
 
     def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
