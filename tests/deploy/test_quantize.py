@@ -165,3 +165,19 @@ def test_int8_refused_when_drop_exceeds_max(tmp_path, trained, monkeypatch):
                      ExportConfig("onnx", "int8", int8_fallback=False))
     assert info.value.report.drop > 50.0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_int8_calibrates_on_a_count_that_is_not_a_multiple_of_the_batch(tmp_path):
+    """onnxruntime's histogram calibrators stack every batch's outputs: 39 images in batches of 32 once failed
+    ('inhomogeneous shape'), as a detector's pixel-capped calibration set at 320 px did."""
+    from mobilecnn import create_model
+    from mobilecnn.deploy.quantize import quantize_onnx
+
+    model = create_model("mobilenet_v1_x0_25", num_classes=10, small_input=True).eval()
+    fp32 = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(fp32), input_names=["x"], dynamo=False,
+                      dynamic_axes={"x": {0: "n"}})
+    for method in ("percentile", "entropy"):
+        out = tmp_path / f"m_{method}.onnx"
+        quantize_onnx(fp32, out, torch.randn(39, 3, 32, 32), batch_size=32, method=method)
+        assert out.stat().st_size > 0

@@ -205,7 +205,11 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: torc
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     input_name = fp32.graph.input[0].name
     nodes = onnx_nodes_for_modules(fp32, tuple(exclude)) if exclude else []
-    batches = [{input_name: calibration[i:i + batch_size].numpy()} for i in range(0, len(calibration), batch_size)]
+    # equal batches: onnxruntime's histogram calibrators (percentile, entropy) stack every batch's outputs, and a
+    # short last batch (39 images in batches of 32) makes that fail
+    n = len(calibration)
+    size = max(d for d in range(1, max(1, min(batch_size, n)) + 1) if n % d == 0) if n else batch_size
+    batches = [{input_name: calibration[i:i + size].numpy()} for i in range(0, n, size)]
 
     class _Reader(q.CalibrationDataReader):  # type: ignore[name-defined]
         def __init__(self) -> None:
