@@ -28,7 +28,7 @@ from typing import Any
 from .analysis.complexity import profile
 from .analysis.tables import detection_markdown
 from .files import atomic_write_text
-from .reproduce_measure import onnx_latency
+from .reproduce_measure import onnx_latency, verdict
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, train
 
@@ -130,25 +130,12 @@ def run_detection(plan: DetPlan, out_dir: str | Path,
     return {"report": str(out / "detection.md"), "results": str(out / "detection.json"), "elapsed_s": elapsed}
 
 
-def _verdict(better: DetResult, worse: DetResult, margin: float = 0.0) -> str:
-    """Held when ``better``'s mean mAP is above ``worse``'s minus ``margin``; with several seeds, a sign claim
-    (no margin) or a miss by less than 2 standard errors is seed noise."""
-    diff = better.mean - worse.mean
-    if margin and diff >= -margin:
-        return f"**held** ({diff:+.2f} pt)"
-    if len(better.mAP) > 1 and len(worse.mAP) > 1:
-        se = (better.std ** 2 / len(better.mAP) + worse.std ** 2 / len(worse.mAP)) ** 0.5
-        if abs(diff) < 2 * se:
-            return f"within seed noise ({diff:+.2f} pt, 2 SE = {2 * se:.2f})"
-    return f"**held** ({diff:+.2f} pt)" if diff >= -margin else f"**did not hold** ({diff:+.2f} pt)"
-
-
 def _claims(by: dict[str, DetResult]) -> list[str]:
     lines = []
     v2, v1, ssd = (by.get(k) for k in ("mnv2_ssdlite", "mnv1_ssdlite", "mnv2_ssd"))
     if v2 and v1:
         lines.append(f"- **MNV2 vs MNV1 + SSDLite, accuracy** (paper: 22.1 vs 22.2 mAP): {v2.mean:.2f} vs "
-                     f"{v1.mean:.2f}; \"about the same\" (within 1 pt) {_verdict(v2, v1, margin=1.0)}.")
+                     f"{v1.mean:.2f}; \"about the same\" (within 1 pt) {verdict(v2.mAP, v1.mAP, margin=1.0)}.")
         lines.append(f"- **MNV2 vs MNV1 + SSDLite, cost** (paper: 0.8 vs 1.3 B MAdds = 0.62x): "
                      f"{v2.macs_320 / 1e9:.3f} vs {v1.macs_320 / 1e9:.3f} B at 320 px = "
                      f"{v2.macs_320 / v1.macs_320:.2f}x (counted; equal to the paper's ratio within its rounding).")
@@ -161,7 +148,7 @@ def _claims(by: dict[str, DetResult]) -> list[str]:
         lines.append(f"- **SSDLite vs SSD heads** (paper Table 5: 2.1M vs 14.8M head params): whole networks "
                      f"{v2.params_320 / 1e6:.2f}M vs {ssd.params_320 / 1e6:.2f}M, {v2.macs_320 / 1e9:.3f} vs "
                      f"{ssd.macs_320 / 1e9:.3f} B MAdds at 320; mAP {v2.mean:.2f} vs {ssd.mean:.2f}, SSDLite "
-                     f"\"about the same\" (within 1 pt) {_verdict(v2, ssd, margin=1.0)}.")
+                     f"\"about the same\" (within 1 pt) {verdict(v2.mAP, ssd.mAP, margin=1.0)}.")
     return lines or ["- (this plan trains one variant: the comparisons need `--full`)"]
 
 

@@ -1,14 +1,17 @@
-"""What every section of ``mobilecnn reproduce`` measures on a trained run beside its accuracy: the batch-1
-latency of its ONNX fp32 file in onnxruntime (1 thread, median), at the side the run was trained at."""
+"""What the dense sections of ``mobilecnn reproduce`` share: the batch-1 latency of a run's ONNX fp32 file in
+onnxruntime (1 thread, median, at the side the run was trained at; every section), and the verdict of a claim
+"variant A scores at least variant B (minus a margin)" over seeds (segmentation and detection)."""
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 from .deploy.bench import BenchSpec, benchmark
 from .runs.rundir import load_trained
 
-__all__ = ["onnx_latency"]
+__all__ = ["onnx_latency", "verdict"]
 
 
 def onnx_latency(run: str | Path, resolution: int, repeats: int) -> float | None:
@@ -19,3 +22,16 @@ def onnx_latency(run: str | Path, resolution: int, repeats: int) -> float | None
                                                references=False, min_time_s=0.3))
     ok = [r.median_ms for r in rows if r.median_ms]
     return ok[0] if ok else None
+
+
+def verdict(better: Sequence[float], worse: Sequence[float], margin: float = 0.0) -> str:
+    """Held when the mean score of ``better`` (one value per seed) is above ``worse``'s minus ``margin``; with
+    several seeds each, a sign claim (no margin) or a miss by less than 2 standard errors is seed noise."""
+    diff = statistics.fmean(better) - statistics.fmean(worse)
+    if margin and diff >= -margin:
+        return f"**held** ({diff:+.2f} pt)"
+    if len(better) > 1 and len(worse) > 1:
+        se = (statistics.variance(better) / len(better) + statistics.variance(worse) / len(worse)) ** 0.5
+        if abs(diff) < 2 * se:
+            return f"within seed noise ({diff:+.2f} pt, 2 SE = {2 * se:.2f})"
+    return f"**held** ({diff:+.2f} pt)" if diff >= -margin else f"**did not hold** ({diff:+.2f} pt)"

@@ -30,7 +30,7 @@ from .analysis.tables import segmentation_markdown, segmentation_table
 from .evaluate import evaluate_run
 from .files import atomic_write_text
 from .models import create_model
-from .reproduce_measure import onnx_latency
+from .reproduce_measure import onnx_latency, verdict
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, train
 
@@ -139,32 +139,20 @@ def run_segmentation(plan: SegPlan, out_dir: str | Path,
     return {"report": str(out / "segmentation.md"), "results": str(out / "segmentation.json"), "elapsed_s": elapsed}
 
 
-def _verdict(better: SegResult, worse: SegResult, margin: float = 0.0) -> str:
-    """Held when ``better``'s mean mIoU is above ``worse``'s minus ``margin``; with several seeds, a sign claim
-    (no margin) or a miss by less than 2 standard errors is seed noise."""
-    diff = better.mean - worse.mean
-    if margin and diff >= -margin:
-        return f"**held** ({diff:+.2f} pt)"
-    if len(better.miou) > 1 and len(worse.miou) > 1:
-        se = (better.std ** 2 / len(better.miou) + worse.std ** 2 / len(worse.miou)) ** 0.5
-        if abs(diff) < 2 * se:
-            return f"within seed noise ({diff:+.2f} pt, 2 SE = {2 * se:.2f})"
-    return f"**held** ({diff:+.2f} pt)" if diff >= -margin else f"**did not hold** ({diff:+.2f} pt)"
-
-
 def _claims(by: dict[str, SegResult]) -> list[str]:
     lines = []
     v2, v1, aspp, os8 = (by.get(k) for k in ("mnv2_os16", "mnv1_os16_aspp", "mnv2_os16_aspp", "mnv2_os8"))
     if v2 and v1:
         lines.append(f"- **MNV2\\* vs MobileNet V1** (paper: 75.32 vs 75.29 mIoU at 2.75 vs 14.25 B MAdds, 5.2x "
                      f"fewer): {v2.mean:.2f} vs {v1.mean:.2f} at {v1.macs / v2.macs:.1f}x fewer MAdds; \"about the "
-                     f"same\" (within 1 pt) {_verdict(v2, v1, margin=1.0)}.")
+                     f"same\" (within 1 pt) {verdict(v2.miou, v1.miou, margin=1.0)}.")
     if v2 and aspp:
         lines.append(f"- **ASPP vs none** (paper: 75.70 vs 75.32, x2.1 MAdds): {aspp.mean:.2f} vs {v2.mean:.2f} at "
-                     f"x{aspp.macs / v2.macs:.1f} MAdds; ASPP better {_verdict(aspp, v2)}.")
+                     f"x{aspp.macs / v2.macs:.1f} MAdds; ASPP better {verdict(aspp.miou, v2.miou)}.")
     if v2 and os8:
         lines.append(f"- **Output stride 8 vs 16** (paper: OS 8 only with MF, 77.33 vs 75.32): {os8.mean:.2f} vs "
-                     f"{v2.mean:.2f} single scale at x{os8.macs / v2.macs:.1f} MAdds; OS 8 better {_verdict(os8, v2)}.")
+                     f"{v2.mean:.2f} single scale at x{os8.macs / v2.macs:.1f} MAdds; OS 8 better "
+                     f"{verdict(os8.miou, v2.miou)}.")
     if v2 and v2.mf_miou is not None and v2.miou:
         diff = v2.mf_miou - v2.miou[0]
         lines.append(f"- **MF vs single scale** (paper: MF raises mIoU at many times the MAdds): seed-0 "

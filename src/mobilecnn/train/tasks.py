@@ -27,7 +27,7 @@ from ..data.segmentation import SegOptions, load_segmentation
 from ..data.segmentation_io import IGNORE_INDEX
 from ..errors import TrainError
 from ..models import create_model
-from ..models.deeplab import DeepLabV3, load_backbone_weights
+from ..models.deeplab import load_backbone_weights
 from ..models.ssd import SSD
 from ..models.weights_file import load_weights
 from .config import TrainConfig, TrainSettings
@@ -122,6 +122,28 @@ class ClassificationTask:
         return {"val_top1": ev["top1"], "val_top5": ev["top5"], "val_loss": ev["loss"]}
 
 
+def build_dense(cfg: TrainConfig, info: Any, init: InitWeights | None, kwargs: dict[str, Any]) -> Built:
+    """A segmenter's or detector's model (both read RGB and sit on a classifier's backbone): with ``--init`` of its
+    own weights, all of them (a new class layer when the class count differs); with a classifier's, the backbone
+    (checked: the same classifier, channels, stem and options); else freshly initialised."""
+    small = bool(cfg.small_input)
+    if init is not None and init.model == cfg.model:
+        kwargs = {**init.model_kwargs, **kwargs}
+        own: Any = create_model(cfg.model, num_classes=init.num_classes, in_chans=3, small_input=init.small_input,
+                                **kwargs)
+        load_weights(init.path, own)
+        if init.num_classes != info.num_classes:
+            own.reset_classifier(info.num_classes)
+        return Built(own, kwargs, init.small_input)
+    model: Any = create_model(cfg.model, num_classes=info.num_classes, in_chans=3, small_input=small, **kwargs)
+    if init is not None:
+        if init.model != model.backbone_name:
+            raise TrainError(f"--init {init.path} holds {init.model} weights; {cfg.model} starts from its own "
+                             f"weights or from {model.backbone_name}'s (its backbone)")
+        load_backbone_weights(model, init.path)
+    return Built(model, kwargs, small)
+
+
 class SegmentationTask:
     name, score = "segmentation", "val_miou"
 
@@ -144,23 +166,7 @@ class SegmentationTask:
         return kwargs
 
     def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
-        kwargs, small = self._kwargs(cfg), bool(cfg.small_input)
-        if init is not None and init.model == cfg.model:  # a segmenter's weights: all of them
-            kwargs = {**init.model_kwargs, **kwargs}
-            model = cast(DeepLabV3, create_model(cfg.model, num_classes=init.num_classes, in_chans=3,
-                                                 small_input=init.small_input, **kwargs))
-            load_weights(init.path, model)
-            if init.num_classes != info.num_classes:
-                model.reset_classifier(info.num_classes)
-            return Built(model, kwargs, init.small_input)
-        model = cast(DeepLabV3, create_model(cfg.model, num_classes=info.num_classes, in_chans=3, small_input=small,
-                                             **kwargs))
-        if init is not None:
-            if init.model != model.backbone_name:
-                raise TrainError(f"--init {init.path} holds {init.model} weights; {cfg.model} starts from its own "
-                                 f"weights or from {model.backbone_name}'s (its backbone)")
-            load_backbone_weights(model, init.path)
-        return Built(model, kwargs, small)
+        return build_dense(cfg, info, init, self._kwargs(cfg))
 
     def criterion(self, s: TrainSettings, cuda_deterministic: bool, model: nn.Module, info: Any) -> nn.Module:
         if cuda_deterministic:
@@ -204,23 +210,7 @@ class DetectionTask:
         return load_detection(detection_folder(cfg.data), options)
 
     def build(self, cfg: TrainConfig, info: Any, init: InitWeights | None) -> Built:
-        kwargs, small = dict(cfg.model_kwargs), bool(cfg.small_input)
-        if init is not None and init.model == cfg.model:  # a detector's weights: all of them
-            kwargs = {**init.model_kwargs, **kwargs}
-            model = cast(SSD, create_model(cfg.model, num_classes=init.num_classes, in_chans=3,
-                                           small_input=init.small_input, **kwargs))
-            load_weights(init.path, model)
-            if init.num_classes != info.num_classes:
-                model.reset_classifier(info.num_classes)
-            return Built(model, kwargs, init.small_input)
-        model = cast(SSD, create_model(cfg.model, num_classes=info.num_classes, in_chans=3, small_input=small,
-                                       **kwargs))
-        if init is not None:
-            if init.model != model.backbone_name:
-                raise TrainError(f"--init {init.path} holds {init.model} weights; {cfg.model} starts from its own "
-                                 f"weights or from {model.backbone_name}'s (its backbone)")
-            load_backbone_weights(model, init.path)
-        return Built(model, kwargs, small)
+        return build_dense(cfg, info, init, dict(cfg.model_kwargs))
 
     def criterion(self, s: TrainSettings, cuda_deterministic: bool, model: nn.Module, info: Any) -> nn.Module:
         side = int(info.resolution)
