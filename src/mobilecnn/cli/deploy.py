@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_masks(config: PredictConfig, predictor: Predictor, as_json: bool) -> int:
-    """``predict`` with a segmentation model: per image its class shares and the mask and overlay written."""
-    out_dir = config.out or DEFAULT_OUT
+def _each_prediction(config: PredictConfig, results: Iterable[Any], as_json: bool,
+                     show: Callable[[Any], None]) -> tuple[list[dict], int]:
+    """Per image of a dense prediction (masks or boxes): its error or note, ``show`` unless ``--json``; returns the
+    records (``--json``) and the count of failed images. No image at all is a usage error."""
     count, failed, records = 0, 0, []
-    for r in iter_mask_predictions(config.images, predictor, out_dir):
+    for r in results:
         count += 1
         if as_json:
             records.append(r.to_dict())
@@ -123,10 +125,21 @@ def _predict_masks(config: PredictConfig, predictor: Predictor, as_json: bool) -
         if r.note:
             err.print(Text("note: " + safe(r.note)))
         if not as_json:
-            shares = ", ".join(f"{safe(label)} {share:.1%}" for label, share in r.shares)
-            out(f"{safe(r.path)}: {shares} -> {safe(r.mask)}, {safe(r.overlay)}")
+            show(r)
     if count == 0:
         raise UsageError(f"no image files found in {', '.join(safe(i) for i in config.images)}")
+    return records, failed
+
+
+def _predict_masks(config: PredictConfig, predictor: Predictor, as_json: bool) -> int:
+    """``predict`` with a segmentation model: per image its class shares and the mask and overlay written."""
+    out_dir = config.out or DEFAULT_OUT
+
+    def show(r: Any) -> None:
+        shares = ", ".join(f"{safe(label)} {share:.1%}" for label, share in r.shares)
+        out(f"{safe(r.path)}: {shares} -> {safe(r.mask)}, {safe(r.overlay)}")
+
+    records, failed = _each_prediction(config, iter_mask_predictions(config.images, predictor, out_dir), as_json, show)
     if as_json:
         out(json.dumps({"model": predictor.source, "task": "segmentation", "out": out_dir,
                         "predictions": records}, indent=2))
@@ -136,24 +149,15 @@ def _predict_masks(config: PredictConfig, predictor: Predictor, as_json: bool) -
 def _predict_boxes(config: PredictConfig, predictor: Predictor, as_json: bool) -> int:
     """``predict`` with a detector: per image its detections and the box image written, then detections.json."""
     out_dir = config.out or DEFAULT_OUT
-    count, failed, records = 0, 0, []
-    for r in iter_box_predictions(config.images, predictor, out_dir, config.score_threshold):
-        count += 1
-        if as_json:
-            records.append(r.to_dict())
-        if r.error:
-            failed += 1
-            error(r.error)
-            continue
-        if r.note:
-            err.print(Text("note: " + safe(r.note)))
-        if not as_json:
-            out(f"{safe(r.path)}: {len(r.detections)} detection(s) scoring >= {config.score_threshold:g} -> "
-                f"{safe(r.boxes)}")
-            for label, score, (x1, y1, x2, y2) in r.detections:
-                out(f"  {safe(label)} {score:.3f} [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
-    if count == 0:
-        raise UsageError(f"no image files found in {', '.join(safe(i) for i in config.images)}")
+
+    def show(r: Any) -> None:
+        out(f"{safe(r.path)}: {len(r.detections)} detection(s) scoring >= {config.score_threshold:g} -> "
+            f"{safe(r.boxes)}")
+        for label, score, (x1, y1, x2, y2) in r.detections:
+            out(f"  {safe(label)} {score:.3f} [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+
+    predictions = iter_box_predictions(config.images, predictor, out_dir, config.score_threshold)
+    records, failed = _each_prediction(config, predictions, as_json, show)
     results = str(Path(out_dir) / RESULTS_FILE)
     if as_json:
         out(json.dumps({"model": predictor.source, "task": "detection", "out": out_dir, "results": results,
