@@ -189,11 +189,13 @@ def test_coco_boxes_are_tight_around_the_visible_mask(det):
                 assert (a["category_id"], a["bbox"], a["area"]) == (it["class"] + 1, it["bbox"], it["area"])
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside pycocotools.mask with numpy 2
-def test_coco_loads_in_pycocotools(det):
-    coco_mod = pytest.importorskip("pycocotools.coco")
+def test_coco_loads_in_coco_tools(det):
+    """faster-coco-eval (a dependency: COCO's API and evaluation, identical to pycocotools) reads the files and
+    decodes every RLE to the item's mask."""
+    from faster_coco_eval import COCO
+
     out, _ = det
-    coco = coco_mod.COCO(str(out / "annotations" / "instances_train.json"))
+    coco = COCO(str(out / "annotations" / "instances_train.json"))
     assert len(coco.getImgIds()) == 10 and len(coco.getCatIds()) == 10
     for ann in coco.loadAnns(coco.getAnnIds()):
         assert (coco.annToMask(ann).astype(bool) == S.rle_to_mask(ann["segmentation"])).all()
