@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,13 @@ from .batches import (
     Dealing,
     check_batch_args,
     check_global_batch,
-    check_start_step,
-    plan_epoch_size,
     seed_of,
     subset_indices,
 )
 from .coco import SPLITS, CocoSample, CocoSplit, check_images, exif_undo, find_coco, read_coco
-from .folder import _PlanSampler, _reason, _shown, epoch_plan
+from .folder import _reason, _shown
 from .images import MAX_RESOLUTION, Preprocessing, open_image
+from .planned import PlannedBatches
 from .segmentation import IMAGENET_MEAN, IMAGENET_STD, _fill
 
 __all__ = ["DetOptions", "DetDataInfo", "DetPipeline", "DetTrainTransform", "DetBatches", "load_detection"]
@@ -223,42 +221,21 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, str | None]:
     return torch.stack([x for x, _, _ in items]), y, None
 
 
-class DetBatches:
-    """Detection batches for one process (the :class:`~mobilecnn.data.batches.Batches` protocol).
+class DetBatches(PlannedBatches):
+    """Detection batches for one process (:class:`~mobilecnn.data.planned.PlannedBatches`): ``batches()`` yields
+    ``(images float32 N,3,S,S, targets float32 N,M,5)`` (see the module docstring for the target rows).
 
     ``samples``: checked images (:func:`~mobilecnn.data.coco.check_images`); ``dealing``: the fields of
     :class:`~mobilecnn.data.batches.Dealing`. A file that fails on load raises :class:`DataError` naming it.
     """
 
-    # set by plan_epoch_size: batches per epoch, samples per rank; eval: this rank's shard [_start, _stop)
-    _len: int
-    num_samples: int
-    _start: int
-    _stop: int
-
     def __init__(self, samples: list[CocoSample], batch_size: int, pipeline: DetPipeline, *, train: bool,
                  workers: int = 2, **dealing: Any) -> None:
-        d = Dealing(**dealing)
-        check_batch_args(batch_size, d.rank, d.world_size)
-        if not samples:
-            raise DataError("no images to load; add images to the COCO instances file")
-        self.samples, self.pipeline = list(samples), pipeline
-        self.batch_size, self.train, self.workers = int(batch_size), bool(train), max(0, int(workers))
-        self.seed, self.rank, self.world_size = int(d.seed), int(d.rank), int(d.world_size)
-        self.channels_last = bool(d.channels_last)
-        self.device = torch.device(d.device) if d.device is not None else None
-        self._accelerated = self.device is not None and self.device.type != "cpu"
+        super().__init__(samples, batch_size, train=train, workers=workers,
+                         empty="no images to load; add images to the COCO instances file", **dealing)
+        self.pipeline = pipeline
         self._dataset = _DetDataset(self.samples, pipeline, self.train, self.seed)
-        plan_epoch_size(self, len(self.samples))
-        self._sampler = _PlanSampler()
-        self._loader: torch.utils.data.DataLoader | None = None
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __repr__(self) -> str:
-        return (f"DetBatches(n={len(self.samples)}, batch_size={self.batch_size}, train={self.train}, "
-                f"rank={self.rank}/{self.world_size}, batches={self._len})")
+        self._collate = _collate
 
     def _shard(self) -> list[CocoSample]:
         return self.samples if self.train else self.samples[self._start:self._stop]
@@ -272,36 +249,6 @@ class DetBatches:
     def image_sizes(self) -> list[tuple[int, int]]:
         """``(width, height)`` of the original images, in the order of :attr:`image_ids`."""
         return [tuple(s.size) for s in self._shard()]  # type: ignore[misc]
-
-    def _data_loader(self) -> torch.utils.data.DataLoader:
-        """One DataLoader for every epoch (its batches set through the sampler); an accelerator gets pinned
-        batches and workers kept alive between epochs."""
-        if self._loader is None:
-            cuda = self.device is not None and self.device.type == "cuda"
-            persistent = self._accelerated and self.workers > 0
-            self._loader = torch.utils.data.DataLoader(
-                self._dataset, batch_sampler=self._sampler, num_workers=self.workers, collate_fn=_collate,
-                pin_memory=cuda, persistent_workers=persistent, prefetch_factor=4 if persistent else None,
-                generator=torch.Generator().manual_seed(0))  # keeps the caller's global RNG untouched
-        return self._loader
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(images float32 N,3,S,S, targets float32 N,M,5)`` for batches ``start_step, ...`` of
-        ``epoch`` (see the module docstring for the target rows)."""
-        check_start_step(start_step, self._len)
-        plan = epoch_plan(self, epoch)[start_step:]
-        if not plan:
-            return
-        self._sampler.plan = [[(i, epoch) for i in b] for b in plan]
-        for x, y, error in self._data_loader():
-            if error is not None:
-                raise DataError(error)
-            if self.device is not None:
-                x = x.to(self.device, non_blocking=self._accelerated)
-                y = y.to(self.device, non_blocking=self._accelerated)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
 
 
 def _preprocessing(o: DetOptions) -> Preprocessing:

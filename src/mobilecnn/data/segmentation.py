@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,12 @@ from .batches import (
     Dealing,
     check_batch_args,
     check_global_batch,
-    check_start_step,
-    plan_epoch_size,
     seed_of,
     subset_indices,
 )
-from .folder import _PlanSampler, _reason, _shown, epoch_plan
+from .folder import _reason, _shown
 from .images import Preprocessing, load_image
+from .planned import PlannedBatches
 from .segmentation_io import IGNORE_INDEX, SegSample, check_pairs, read_mask, scan_segmentation
 
 __all__ = ["SegDataInfo", "SegOptions", "SegPipeline", "SegBatches", "SegTrainTransform", "load_segmentation",
@@ -238,8 +237,9 @@ class _Collate:
         return torch.stack(xs), torch.stack(ys), None
 
 
-class SegBatches:
-    """Segmentation batches for one process (the :class:`~mobilecnn.data.batches.Batches` protocol).
+class SegBatches(PlannedBatches):
+    """Segmentation batches for one process (:class:`~mobilecnn.data.planned.PlannedBatches`): ``batches()`` yields
+    ``(images float32 N,3,H,W, masks int64 N,H,W)``.
 
     ``samples``: checked pairs (:func:`~mobilecnn.data.segmentation_io.check_pairs`); ``dealing``: the fields of
     :class:`~mobilecnn.data.batches.Dealing` and ``workers``. Train batches are ``crop_size`` squares; eval
@@ -247,69 +247,13 @@ class SegBatches:
     raises :class:`DataError` naming it.
     """
 
-    # set by plan_epoch_size: batches per epoch, samples per rank; eval: this rank's shard [_start, _stop)
-    _len: int
-    num_samples: int
-    _start: int
-    _stop: int
-
     def __init__(self, samples: Sequence[SegSample], batch_size: int, pipeline: SegPipeline, *, train: bool,
                  workers: int = 2, **dealing: Any) -> None:
-        d = Dealing(**dealing)
-        check_batch_args(batch_size, d.rank, d.world_size)
-        if not samples:
-            raise DataError("no image/mask pairs to load; add images with their masks")
-        self.samples, self.pipeline = list(samples), pipeline
-        self.batch_size, self.train, self.workers = int(batch_size), bool(train), max(0, int(workers))
-        self.seed, self.rank, self.world_size = int(d.seed), int(d.rank), int(d.world_size)
-        self.channels_last = bool(d.channels_last)
-        self.device = torch.device(d.device) if d.device is not None else None
-        self._accelerated = self.device is not None and self.device.type != "cpu"
+        super().__init__(samples, batch_size, train=train, workers=workers,
+                         empty="no image/mask pairs to load; add images with their masks", **dealing)
+        self.pipeline = pipeline
         self._dataset = _SegDataset(self.samples, pipeline, self.train, self.seed)
-        plan_epoch_size(self, len(self.samples))
-        self._sampler = _PlanSampler()
-        self._loader: torch.utils.data.DataLoader | None = None
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __repr__(self) -> str:
-        return (f"SegBatches(n={len(self.samples)}, batch_size={self.batch_size}, train={self.train}, "
-                f"rank={self.rank}/{self.world_size}, batches={self._len})")
-
-    def _plan(self, epoch: int) -> list[list[int]]:
-        return epoch_plan(self, epoch)
-
-    def _data_loader(self) -> torch.utils.data.DataLoader:
-        """One DataLoader for every epoch (its batches set through the sampler); an accelerator gets pinned
-        batches and workers kept alive between epochs."""
-        if self._loader is None:
-            cuda = self.device is not None and self.device.type == "cuda"
-            persistent = self._accelerated and self.workers > 0
-            collate = _Collate(1 if self.train else self.pipeline.pad_multiple)  # train crops are one size
-            self._loader = torch.utils.data.DataLoader(
-                self._dataset, batch_sampler=self._sampler, num_workers=self.workers, collate_fn=collate,
-                pin_memory=cuda, persistent_workers=persistent,
-                prefetch_factor=4 if persistent else None,
-                generator=torch.Generator().manual_seed(0))  # keeps the caller's global RNG untouched
-        return self._loader
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(images float32 N,3,H,W, masks int64 N,H,W)`` for batches ``start_step, ...`` of ``epoch``."""
-        check_start_step(start_step, self._len)
-        plan = self._plan(epoch)[start_step:]
-        if not plan:
-            return
-        self._sampler.plan = [[(i, epoch) for i in b] for b in plan]
-        for x, y, error in self._data_loader():
-            if error is not None:
-                raise DataError(error)
-            if self.device is not None:
-                x = x.to(self.device, non_blocking=self._accelerated)
-                y = y.to(self.device, non_blocking=self._accelerated)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+        self._collate = _Collate(1 if self.train else pipeline.pad_multiple)  # train crops are one size
 
 
 def _preprocessing(o: SegOptions, crop: int) -> Preprocessing:
