@@ -40,3 +40,13 @@ def test_task_option_picks_the_sections():
     assert only.segmentation and not only.classification
     assert not ReproduceConfig(task="classification").plan().segmentation
     assert set(SEG_FULL.variants) == set(SEG_VARIANTS) and SEG_QUICK.variants == ("mnv2_os16",)
+
+
+def test_auto_adds_the_best_verified_file_column():
+    from dataclasses import replace
+
+    row = _res("mnv2_os16", [40.0], 160)
+    row.auto_latency_ms, row.auto_choice = 1.25, "openvino int8"
+    assert "best verified file" not in segmentation_report(SEG_QUICK, [row], 1.0)
+    text = segmentation_report(replace(SEG_QUICK, auto=True), [row], 1.0)
+    assert "| 3.00 | 1.25 (openvino int8) |" in text and "best verified file (ms) |" in text

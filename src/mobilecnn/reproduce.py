@@ -30,7 +30,7 @@ from .models import create_model, published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
 from .reproduce_detection import DET_FULL, DET_QUICK, run_detection
-from .reproduce_measure import onnx_latency
+from .reproduce_measure import auto_latency, onnx_latency
 from .reproduce_segmentation import SEG_FULL, SEG_QUICK, run_segmentation
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, default_threads, train
@@ -112,7 +112,8 @@ class ReproduceConfig:
     seeds: int | None = field(default=None, metadata=cli("override the number of seeds", type=positive_int))
     auto: bool = field(default=False, metadata=cli(
         "also `export --format auto` each seed-0 run: the fastest verified file's latency, runtime and precision "
-        "beside fp32's (adds ~5 min per model on 2 busy cores; measured 4.8 min)"))
+        "beside fp32's (adds ~5 min per model on 2 busy cores; measured 4.8 min; the full plan's detection section "
+        "always does)"))
     threads: int | None = field(default=None, metadata=cli("training threads (default: the free cores)",
                                                            type=positive_int))
     out: str | None = field(default=None, metadata=cli("output directory (default reports/quick or reports/full)"))
@@ -255,18 +256,19 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         if plan.int8:
             res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan)
         if plan.auto:
-            res.auto_latency_ms, res.auto_choice, res.auto_time_s = _auto(first_run, plan)
+            auto = auto_latency(first_run, plan.int8_check_images, plan.auto_seconds)
+            res.auto_latency_ms, res.auto_choice, res.auto_time_s = auto.latency_ms, auto.choice, auto.time_s
         results[key] = res
         _record_finished_model(out, res, plan, time.perf_counter() - model_started)
         notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
     if plan.segmentation:
         seg = SEG_FULL if plan.name == "full" else SEG_QUICK
-        run_segmentation(replace(seg, seeds=plan.dense_seeds or seg.seeds, threads=plan.threads, device=plan.device),
-                         out, notify)
+        run_segmentation(replace(seg, seeds=plan.dense_seeds or seg.seeds, threads=plan.threads, device=plan.device,
+                                 auto=plan.auto or seg.auto), out, notify)
     if plan.detection:
         det = DET_FULL if plan.name == "full" else DET_QUICK
-        run_detection(replace(det, seeds=plan.dense_seeds or det.seeds, threads=plan.threads, device=plan.device),
-                      out, notify)
+        run_detection(replace(det, seeds=plan.dense_seeds or det.seeds, threads=plan.threads, device=plan.device,
+                              auto=plan.auto or det.auto), out, notify)
     elapsed = time.perf_counter() - started + reused_s
     return _write_report(plan, results, out, elapsed)
 
@@ -340,21 +342,6 @@ def _int8(run: Path, plan: ReproducePlan) -> tuple[float | None, float | None, s
             return None, None, f"int8 export failed: {exc}"
     report = result.get("int8_report") or {}
     return report.get("int8_top1"), report.get("fp32_top1"), ""
-
-
-def _auto(run: Path, plan: ReproducePlan) -> tuple[float | None, str, float]:
-    """``export --format auto`` of ``run`` (batch 1, 1 thread): latency of the kept file, "runtime precision"."""
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            result = export_run(run, "auto", Path(tmp) / "m", check_count=plan.int8_check_images,
-                                seconds=plan.auto_seconds)
-        except (ValueError, ImportError) as exc:
-            return None, f"auto failed: {exc}", time.perf_counter() - started
-    best = result.get("best")
-    if not best:
-        return None, "no verified file", time.perf_counter() - started
-    return best["latency_ms"], f"{best['runtime']} {best['precision']}", time.perf_counter() - started
 
 
 def _verdict(diff: float, a: ModelResult, b: ModelResult) -> str:

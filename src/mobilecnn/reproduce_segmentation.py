@@ -9,7 +9,9 @@ Two parts:
   MobileNetV2* (OS 16, no ASPP) against MobileNet V1 (OS 16, ASPP: Table 7's row) -- "about the same mIoU
   at about 5x fewer MAdds"; ASPP against none ("slight performance degradation" without it); output stride
   8 against 16; multi-scale + flip (MF) against a single scale. The latency is the seed-0 run's ONNX fp32
-  file (verified per pixel against PyTorch) in onnxruntime, batch 1, 1 thread.
+  file (verified per pixel against PyTorch) in onnxruntime, batch 1, 1 thread; with ``--auto`` also its best
+  verified file's (``export --format auto``: every installed runtime x precision, bf16 and int8 gated on the
+  mIoU drop).
 
 A verdict says whether the difference has the paper's sign; with several seeds, a difference under two
 standard errors is marked as within seed noise.
@@ -30,7 +32,7 @@ from .analysis.tables import segmentation_markdown, segmentation_table
 from .evaluate import evaluate_run
 from .files import atomic_write_text
 from .models import create_model
-from .reproduce_measure import onnx_latency, verdict
+from .reproduce_measure import auto_latency, onnx_latency, verdict
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, train
 
@@ -50,7 +52,8 @@ SCENES_SIDE = 128
 @dataclass(frozen=True)
 class SegPlan:
     """Which variants, how many seeds, how long each trains (epochs over the 2,000 train scenes), on how many
-    val scenes they are measured (None: all 500)."""
+    val scenes they are measured (None: all 500), and whether the seed-0 runs' best verified files are searched
+    (``auto``: ``auto_seconds`` of timing per candidate, the mIoU gate on ``check_count`` val scenes)."""
 
     name: str
     variants: tuple[str, ...]
@@ -62,6 +65,9 @@ class SegPlan:
     threads: int | None = None
     device: str = "auto"
     data: str = "scenes"  # the default scenes cache; a folder for a test or another dataset
+    auto: bool = False
+    auto_seconds: float = 1.0
+    check_count: int = 200
 
 
 #: The demo's: the paper's on-device candidate alone, one seed (2.5 min in `make demo` on 2 cores).
@@ -81,6 +87,8 @@ class SegResult:
     miou: list[float] = field(default_factory=list)
     mf_miou: float | None = None  # seed 0
     latency_ms: float | None = None  # seed 0, ONNX fp32 in onnxruntime
+    auto_latency_ms: float | None = None  # seed 0, the best verified file (plan.auto)
+    auto_choice: str = ""  # "runtime precision" of that file, or why none
     train_time_s: list[float] = field(default_factory=list)
 
     @property
@@ -128,6 +136,9 @@ def run_segmentation(plan: SegPlan, out_dir: str | Path,
             mf = evaluate_run(first, multi_scale=True, subset=plan.val_subset, out_dir=first / "eval-mf")
             res.mf_miou = mf["miou"]
         res.latency_ms = onnx_latency(first, SCENES_SIDE, plan.bench_repeats)
+        if plan.auto:
+            auto = auto_latency(first, plan.check_count, plan.auto_seconds)
+            res.auto_latency_ms, res.auto_choice = auto.latency_ms, auto.choice
         results.append(res)
         notify("done", {"index": index, "total": len(plan.variants), "key": f"seg {key}", "top1": res.mean})
     elapsed = time.perf_counter() - started
@@ -177,13 +188,15 @@ def segmentation_report(plan: SegPlan, results: list[SegResult], elapsed: float)
         *_claims(by),
         "",
         f"| variant | model | MAdds @{SCENES_SIDE} (M) | MF MAdds (M) | params (M) | mIoU (%) | MF mIoU (seed 0) | "
-        "latency ONNX fp32 (ms) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "latency ONNX fp32 (ms) |" + (" best verified file (ms) |" if plan.auto else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if plan.auto else ""),
     ]
     for r in results:
         spread = f" ± {r.std:.2f}" if len(r.miou) > 1 else ""
         mf = "-" if r.mf_miou is None else f"{r.mf_miou:.2f}"
         lat = "-" if r.latency_ms is None else f"{r.latency_ms:.2f}"
+        if plan.auto:
+            lat += " | " + ("-" if r.auto_latency_ms is None else f"{r.auto_latency_ms:.2f}") + f" ({r.auto_choice})"
         lines.append(f"| `{r.key}` | `{r.model}` | {r.macs / 1e6:.1f} | {r.mf_macs / 1e6:.1f} | {r.params / 1e6:.3f} | "
                      f"{r.mean:.2f}{spread} | {mf} | {lat} |")
     return "\n".join(lines) + "\n"

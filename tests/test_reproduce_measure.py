@@ -1,0 +1,25 @@
+"""What the reproduce sections share: the best verified file's latency (a real, narrowed auto search), its
+failure path, and the seed-noise verdict."""
+
+from __future__ import annotations
+
+from mobilecnn.reproduce_measure import auto_latency, verdict
+
+
+def test_auto_latency_keeps_a_verified_file_and_names_it(tiny_run):
+    found = auto_latency(tiny_run, check_count=200, seconds=0.2, formats=["onnx"])
+    assert found.latency_ms is not None and found.latency_ms > 0
+    runtime, precision = found.choice.split()
+    assert runtime == "onnxruntime" and precision in {"fp32", "bf16", "int8"} and found.time_s > 0
+
+
+def test_auto_latency_of_a_folder_that_is_no_run_says_why(tmp_path):
+    found = auto_latency(tmp_path, check_count=200, seconds=0.2)
+    assert found.latency_ms is None and found.choice.startswith("auto failed: ") and str(tmp_path) in found.choice
+
+
+def test_verdict_separates_a_margin_a_sign_and_seed_noise():
+    assert verdict([20.0], [20.5], margin=1.0).startswith("**held**")
+    assert verdict([18.0], [20.5], margin=1.0).startswith("**did not hold**")
+    assert verdict([20.0, 20.4], [20.1, 20.5]).startswith("within seed noise")
+    assert verdict([25.0, 25.1], [20.0, 20.1]).startswith("**held**")
