@@ -245,3 +245,23 @@ def test_bad_files_are_value_errors(tmp_path, mv2):
     crafted = _crafted(good, tmp_path / "crafted.tflite")
     with pytest.raises(ValueError, match="crafted.tflite.*signal"):
         LiteRTRuntime(crafted, 1)
+
+
+def test_a_detectors_heads_and_blocks_can_be_kept_in_float(tmp_path):
+    """litert-torch names ops by the modules that called them: the SSD heads are called containers, so
+    ``class_head.0`` and ``box_head.0`` are told apart; a backbone module whose name clashes with one inside a
+    block walked by hand is left int8 with a note instead of matching the other's ops."""
+    net = deploy_form(randomized("ssdlite_mobilenet_v2_x0_35", num_classes=11))
+    x = torch.randn(1, 3, 64, 64)
+    notes = write_litert(net, x, tmp_path / "det.tflite", calibration=torch.randn(8, 3, 64, 64),
+                         exclude=("class_head.0", "box_head.0.conv", "extras.3", "backbone.features.1",
+                                  "backbone.features.0"))
+    assert "int8: module 'class_head.0' kept in float (2 of 2 ops with float outputs)" in notes
+    assert "int8: module 'box_head.0.conv' kept in float (1 of 1 ops with float outputs)" in notes
+    assert "int8: module 'extras.3' kept in float (3 of 3 ops with float outputs)" in notes
+    assert "int8: module 'backbone.features.1' kept in float (2 of 2 ops with float outputs)" in notes
+    assert any(n.startswith("int8: module 'backbone.features.0' cannot be kept in float in LiteRT: its ops' names "
+                            "are also those of 'backbone.features.14.block.0'") for n in notes)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert LiteRTRuntime(tmp_path / "det.tflite", 1, trusted=True)(x.numpy()).shape == ref.shape

@@ -72,15 +72,55 @@ def _quiet() -> Iterator[None]:
             os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved
 
 
-def _module_regex(name: str) -> str:
-    """Regex over ai-edge-quantizer's op scope (the op's output tensor names) matching ops of module ``name``.
+def _called_modules(net: nn.Module, example: torch.Tensor) -> set[str]:
+    """Names of the modules one forward of ``net`` calls; a container only iterated (a ``ModuleList``, a
+    ``Sequential`` walked by hand) is not among them."""
+    called: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=name: called.add(n)) for name, m in net.named_modules()]
+    try:
+        with torch.no_grad():
+            net(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
 
-    litert-torch names a tensor by its module path, ``Root/Type_child/Type_grandchild/...``, fused ops
+
+def _litert_path(name: str, modules: dict[str, nn.Module], called: set[str]) -> tuple[str, ...]:
+    """How litert-torch names module ``name``'s ops: ``Type_part`` for each *called* module on its path, Type the
+    class's full name (``Root/Type_part/Type_part/...``); a container iterated rather than called leaves no
+    trace."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i + 1]) for i in range(len(parts))]
+    return tuple(f"{type(modules[p]).__module__}.{type(modules[p]).__qualname__}_{p.rsplit('.', 1)[-1]}"
+                 for p in prefixes if p in called)
+
+
+def _module_regexes(net: nn.Module, example: torch.Tensor, names: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """({module: regex over ai-edge-quantizer's op scope for the modules of ``names`` that can be told apart, notes
+    on those that cannot).
+
+    litert-torch names a tensor by the modules that called it, ``Root/Type_child/Type_grandchild/...``, fused ops
     joining several such paths with ``;``. Only the first path is the op's own (the later ones name
-    fused producers, sometimes of the previous block), so the match is anchored at the start.
+    fused producers, sometimes of the previous block), so the match is anchored at the start. A module whose path
+    is also another's (``features.14.block.0`` and ``features.0`` where ``features`` and ``features.14`` are
+    walked by hand: both ``ConvBNAct_0``) cannot be kept in float alone: it is left out, with a note.
     """
-    parts = [rf"[^;/]*_{re.escape(part)}" for part in name.split(".")]
-    return r"^[^;/]*/" + "/".join(parts) + r"(/|;|$)"
+    called, modules = _called_modules(net, example), dict(net.named_modules())
+    paths = {m: _litert_path(m, modules, called) for m in called if m}
+    regexes: dict[str, str] = {}
+    notes = []
+    for name in names:
+        path = paths.get(name)
+        others = [m for m, p in paths.items() if path and p[:len(path)] == path and m != name
+                  and not m.startswith(name + ".")]
+        if not path or others:
+            clash = f"also those of {min(others, key=len)!r}" if others else "its children's"
+            notes.append(f"int8: module {name!r} cannot be kept in float in LiteRT: its ops' names are {clash} (a "
+                         "container walked by hand, not called); kept int8")
+            continue
+        regexes[name] = r"^[^;/]*/" + "/".join(re.escape(part) for part in path) + r"(/|;|$)"
+    return regexes, notes
 
 
 def _recipe(exclude: list[str]) -> Any:
@@ -116,7 +156,7 @@ def _quantize(fp32: bytes, calibration: torch.Tensor, batch: int, method: str, e
     return bytes(q.quantize(calib.get_model_qsvs(), enable_progress_report=False).quantized_model)
 
 
-def _kept_float(content: bytes, exclude: tuple[str, ...], regexes: list[str]) -> list[str]:
+def _kept_float(content: bytes, regexes: dict[str, str]) -> list[str]:
     """Notes on the ops of each excluded module: how many matched and stayed float."""
     schema = require_backend("ai_edge_litert.schema_py_generated", "reading .tflite files", extra="litert")
     model = schema.ModelT.InitFromPackedBuf(content, 0)
@@ -126,7 +166,7 @@ def _kept_float(content: bytes, exclude: tuple[str, ...], regexes: list[str]) ->
     compute = [op for op in graph.operators if len(op.outputs) and codes[op.opcodeIndex] not in
                (ops.QUANTIZE, ops.DEQUANTIZE)]  # the converters the quantizer adds carry their op's name
     notes = []
-    for name, regex in zip(exclude, regexes):
+    for name, regex in regexes.items():
         outs = [graph.tensors[op.outputs[0]] for op in compute
                 if re.search(regex, graph.tensors[op.outputs[0]].name.decode(errors="replace"))]
         floats = sum(t.type == schema.TensorType.FLOAT32 for t in outs)
@@ -189,17 +229,17 @@ def write_litert(net: nn.Module, example: torch.Tensor, target: Path, *, calibra
     if unknown or example.ndim != 4:
         raise ValueError(f"exclude names modules the network does not have: {unknown}" if unknown else
                          f"example must be an (N, C, H, W) tensor, got shape {tuple(example.shape)}")
-    regexes = [_module_regex(n) for n in exclude]
     net = net.eval()
     notes = [f"LiteRT: static batch {example.shape[0]} at {tuple(example.shape[1:])}"]
+    regexes, unmatched = _module_regexes(net, example.detach().float(), tuple(exclude)) if exclude else ({}, [])
     with _quiet(), torch.no_grad():
         content = bytes(litert_torch.convert(net, (example.detach().float(),)).model_content())
         if calibration is not None:
             chosen = method or LITERT_INT8_CALIBRATIONS[0]
-            content = _quantize(content, calibration, int(example.shape[0]), chosen, regexes)
+            content = _quantize(content, calibration, int(example.shape[0]), chosen, list(regexes.values()))
             notes.append(f"int8: ai-edge-quantizer static int8 (per-channel weights), calibration {chosen!r} "
                          f"on {calibration.shape[0]} images")
-            notes += _kept_float(content, tuple(exclude), regexes)
+            notes += unmatched + _kept_float(content, regexes)
         if metadata is not None:
             content = _with_metadata(content, metadata)
         notes += _file_notes(content)

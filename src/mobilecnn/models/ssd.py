@@ -93,6 +93,28 @@ def _extra_layer(in_ch: int, depth: int, multiplier: float, lite: bool) -> nn.Se
     return nn.Sequential(*layers)
 
 
+class Extras(nn.ModuleList):
+    """The extra layers, each on the last map. A called container, not a list iterated by :class:`SSD`: export
+    tools that name an op by the modules that called it (litert-torch) then see ``extras`` in the path."""
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        for extra in self:
+            maps.append(extra(maps[-1]))
+        return maps
+
+
+class Heads(nn.ModuleList):
+    """One predictor per map, their outputs flattened to ``(N, anchors, per_anchor)`` and joined. Called, like
+    :class:`Extras`, so that ``box_head.0`` and ``class_head.0`` are told apart in a converted file's op names."""
+
+    def __init__(self, predictors: list[Predictor], per_anchor: int) -> None:
+        super().__init__(predictors)
+        self.per_anchor = per_anchor
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([_flatten(head(m), self.per_anchor) for head, m in zip(self, maps)], dim=1)
+
+
 class Predictor(nn.Sequential):
     """One predictor of one feature map: ``depthwise`` 3x3 (BN, ReLU6) and a 1x1 ``conv`` with bias (SSDLite),
     or a 3x3 ``conv`` with bias (SSD). ``conv`` makes ``anchors * per_anchor`` channels."""
@@ -167,22 +189,19 @@ class SSD(ImageModel):
         for depth in EXTRA_DEPTHS:
             extras.append(_extra_layer(channels[-1], depth, depth_multiplier, lite))
             channels.append(_depth(depth, depth_multiplier))
-        self.extras = nn.ModuleList(extras)
+        self.extras = Extras(extras)
         anchors = boxes_per_cell(self.anchor_spec, NUM_MAPS)
-        self.box_head = nn.ModuleList(Predictor(c, k * BOX_CODE, lite) for c, k in zip(channels, anchors))
-        self.class_head = nn.ModuleList(Predictor(c, k * num_classes, lite) for c, k in zip(channels, anchors))
+        self.box_head = Heads([Predictor(c, k * BOX_CODE, lite) for c, k in zip(channels, anchors)], BOX_CODE)
+        self.class_head = Heads([Predictor(c, k * num_classes, lite) for c, k in zip(channels, anchors)],
+                                num_classes)
         for part in (self.extras, self.box_head, self.class_head):
             _init(part)
         self._anchors: dict[tuple[int, int], torch.Tensor] = {}  # a plain dict: never in the state_dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input_once(x)
-        maps = self.backbone(x)
-        for extra in self.extras:
-            maps.append(extra(maps[-1]))
-        boxes = [_flatten(head(m), BOX_CODE) for head, m in zip(self.box_head, maps)]
-        classes = [_flatten(head(m), self.num_classes) for head, m in zip(self.class_head, maps)]
-        return torch.cat([torch.cat(boxes, dim=1), torch.cat(classes, dim=1)], dim=-1)
+        maps = self.extras(self.backbone(x))
+        return torch.cat([self.box_head(maps), self.class_head(maps)], dim=-1)
 
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """The ``(height, width)`` of the 6 maps an input of ``height`` x ``width`` gives: every stride-2 conv
@@ -218,7 +237,7 @@ class SSD(ImageModel):
         per_cell = boxes_per_cell(self.anchor_spec, NUM_MAPS)
         for head, k in zip(self.class_head, per_cell):
             cast(Predictor, head).reset(k * num_classes)
-        self.num_classes = num_classes
+        self.num_classes = self.class_head.per_anchor = num_classes
 
 
 def _check_num_classes(num_classes: int, owner: str) -> None:
