@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..files import atomic_write
 
-__all__ = ["SIDECAR_SUFFIX", "WEIGHTS_FORMAT", "MODEL_KEYS", "weights_metadata", "model_metadata",
+__all__ = ["SIDECAR_SUFFIX", "WEIGHTS_FORMAT", "MODEL_KEYS", "weights_metadata", "model_metadata", "check_state_values",
            "written_by_mobilecnn", "described_model", "plain_state", "save_weights", "read_metadata", "load_weights",
            "check_state_fits"]
 
@@ -155,14 +155,40 @@ def _check_described(path: Path, model: nn.Module) -> None:
                               f"create_model({meta.get('model')!r}, weights=...) and the file's own options")
 
 
-def load_weights(path: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+#: The integer buffers a state holds: BN's step counter and an EMA's (``torch.optim.swa_utils.AveragedModel``).
+COUNTERS = ("num_batches_tracked", "n_averaged")
+
+
+def check_state_values(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor no trained network holds: a non-floating dtype
+    (only the :data:`COUNTERS` are integers), a NaN or infinite value, a negative BN running
+    variance. Such a file is corrupted or diverged; loading it would only fail later, far from the cause."""
+    for key, tensor in state.items():
+        if key.rsplit(".", 1)[-1] in COUNTERS and not tensor.is_complex() and not tensor.is_floating_point():
+            continue
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} is {str(tensor.dtype).replace('torch.', '')}; weights "
+                                  "are floating point (float32, float16, bfloat16, float64)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values (a diverged or corrupted "
+                                  "checkpoint); refused")
+        if key.endswith("running_var") and bool((tensor < 0).any()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds a negative batch-norm variance (min "
+                                  f"{float(tensor.min()):.3g}); refused: a variance is at least 0")
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module | None = None, *,
+                 check_values: bool = True) -> dict[str, torch.Tensor]:
     """Read a safetensors weight file; with ``model``, check it belongs to that model, then load it.
 
     Only safetensors is accepted: a pickle (``.pt``/``.pth`` from ``torch.save``) is refused,
-    because unpickling can run arbitrary code.
+    because unpickling can run arbitrary code. The values are checked (:func:`check_state_values`) unless
+    ``check_values`` is False (an optimizer's state: integer step counters are fine there).
     """
     path = Path(path)
     state = _read_state(path)
+    if check_values:
+        check_state_values(state, path)
     if model is not None:
         _check_described(path, model)
         check_state_fits(state, model, path)

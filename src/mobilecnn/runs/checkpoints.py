@@ -170,7 +170,7 @@ def load_training_state(
         state = json.loads((ckpt / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{ckpt / STATE_FILE} is unreadable ({exc})") from None
-    tensors = load_weights(ckpt / STATE_TENSORS)  # refuses pickles, names the file on any error
+    tensors = load_weights(ckpt / STATE_TENSORS, check_values=False)  # refuses pickles, names the file on any error
     if optimizer is not None:
         optimizer.load_state_dict(_optimizer_join(tensors, state["optimizer"]))
     if ema is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..models.weights_file import check_state_values
 from .common import SOURCES, Converted
 from .infer import check_fits, in_model_order, infer_model_name
 from .keras import convert_keras, resolution_from_name
@@ -76,11 +77,14 @@ def convert_file(path: str | Path, source: str | None = None, *, model: str | No
     if is_h5(path):
         if source not in (None, "keras"):
             raise UsageError(f"{path}: an HDF5 file can only come from Keras (--from keras)")
-        return convert_state(obj, "keras", model=model, resolution=resolution or resolution_from_name(path))
-    if source is None:
-        source = guess_source(unwrap_state_dict(obj).keys())
+        conv = convert_state(obj, "keras", model=model, resolution=resolution or resolution_from_name(path))
+    else:
         if source is None:
-            raise UsageError(f"{path}: cannot tell the source from its keys; pass --from {'|'.join(SOURCES)}")
-    if source == "keras":
-        raise UsageError(f"{path}: --from keras needs a Keras HDF5 (.h5) weights file")
-    return convert_state(obj, source, model=model, variant=variant, resolution=resolution)
+            source = guess_source(unwrap_state_dict(obj).keys())
+            if source is None:
+                raise UsageError(f"{path}: cannot tell the source from its keys; pass --from {'|'.join(SOURCES)}")
+        if source == "keras":
+            raise UsageError(f"{path}: --from keras needs a Keras HDF5 (.h5) weights file")
+        conv = convert_state(obj, source, model=model, variant=variant, resolution=resolution)
+    check_state_values(conv.state_dict, path)  # before anything is written: no file from garbage
+    return conv

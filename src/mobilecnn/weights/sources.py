@@ -114,21 +114,55 @@ def read_keras_h5(path: str | Path) -> OrderedDict[str, OrderedDict[str, np.ndar
     out: OrderedDict[str, OrderedDict[str, np.ndarray]] = OrderedDict()
     try:
         with h5py.File(str(path), "r") as f:
-            root = f["model_weights"] if "model_weights" in f else f
+            root = _h5_member(h5py, f, "model_weights", path, h5py.Group) if "model_weights" in f else f
             layer_names = names(root, "layer_names")
             if not layer_names:
                 raise CheckpointError(f"{path}: not a Keras-2 layout weights file (no 'layer_names' attribute; "
                                       "a Keras 3 '.weights.h5' file is not supported)")
             for layer in layer_names:
-                group = root[layer]
+                group = _h5_member(h5py, root, layer, path, h5py.Group)
                 weights: OrderedDict[str, np.ndarray] = OrderedDict()
                 for wname in names(group, "weight_names"):
                     short = wname.split("/")[-1].split(":")[0]
                     if short in weights:
                         raise CheckpointError(f"{path}: layer {layer!r} has two weights named {short!r}")
-                    weights[short] = np.asarray(group[wname])
+                    weights[short] = _h5_weights(_h5_member(h5py, group, wname, path, h5py.Dataset), path)
                 if weights:
                     out[layer] = weights
     except OSError as exc:
         raise CheckpointError(f"{path} is not a readable HDF5 file ({exc})") from None
     return out
+
+
+#: The largest weight tensor read from an HDF5 file (MobileNet's largest is 5 MB).
+MAX_H5_TENSOR_BYTES = 1 << 30
+
+
+def _h5_member(h5py: Any, group: Any, name: str, path: str | Path, kind: type) -> Any:
+    """``group[name]``, refused unless it is a ``kind`` stored in this file: an external link would read
+    another file, as would a dataset with external storage or a virtual one (checked in :func:`_h5_weights`)."""
+    link = group.get(name, getlink=True)
+    if link is None:
+        raise CheckpointError(f"{path}: {group.name!r} names {name!r}, which the file does not hold")
+    if isinstance(link, h5py.ExternalLink):
+        raise CheckpointError(f"{path}: {name!r} is a link into another file ({link.filename!r}); refused: weights "
+                              "must be stored in the file itself")
+    member = group.get(name)
+    if not isinstance(member, kind):
+        raise CheckpointError(f"{path}: {name!r} is not an HDF5 {kind.__name__.lower()} (a dangling or odd link)")
+    return member
+
+
+def _h5_weights(dataset: Any, path: str | Path) -> np.ndarray:
+    """A dataset's values, read only if they lie in this file (no external storage, not virtual), are floating
+    point, and are of a size a weight tensor has."""
+    if dataset.external or dataset.is_virtual:
+        where = "external storage in " + repr(dataset.external[0][0]) if dataset.external else "a virtual dataset"
+        raise CheckpointError(f"{path}: weight {dataset.name!r} is {where}; refused: weights must be stored in the "
+                              "file itself")
+    if dataset.dtype.kind != "f":
+        raise CheckpointError(f"{path}: weight {dataset.name!r} is {dataset.dtype}; weights are floating point")
+    if dataset.size * dataset.dtype.itemsize > MAX_H5_TENSOR_BYTES:
+        raise CheckpointError(f"{path}: weight {dataset.name!r} has shape {dataset.shape}, over "
+                              f"{MAX_H5_TENSOR_BYTES >> 20} MiB: not a MobileNet weight")
+    return np.asarray(dataset)
