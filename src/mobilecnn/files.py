@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "read_json_object", "sha256_of", "mode_for"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "read_bounded", "read_json_object", "sha256_of",
+           "mode_for", "MAX_JSON_OBJECT_BYTES"]
 
 
 def _current_umask() -> int:
@@ -76,13 +77,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: The largest JSON object file read (configs, sidecars, results: kilobytes to a few megabytes).
+MAX_JSON_OBJECT_BYTES = 64 << 20
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``max_bytes``; ``ValueError`` naming the file and
+    ``what`` it should be otherwise (``/dev/zero``, a FIFO or a huge file are never read whole)."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: opening a FIFO blocks
+            raise ValueError(f"{path} is not a regular file; it must be {what}")
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ValueError(f"{path} is unreadable ({exc.strerror or exc}); it must be {what}") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} is larger than {max_bytes >> 20 or 1} MiB; it must be {what}")
+    return data
+
+
 def read_json_object(path: str | os.PathLike, writer: str, error: type[Exception] = ValueError) -> dict:
     """The JSON object in ``path`` (a file ``writer`` wrote); ``error`` names the file when it is unreadable,
     not JSON, or not an object."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        raw = read_bounded(path, MAX_JSON_OBJECT_BYTES, f"the JSON object {writer} wrote")
+    except ValueError as exc:
+        raise error(str(exc)) from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
         raise error(f"{path} is unreadable ({exc}); it must be the JSON object {writer} wrote") from None
     if not isinstance(data, dict):
         raise error(f"{path} holds a JSON {type(data).__name__}, not the object {writer} writes")

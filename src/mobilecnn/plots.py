@@ -16,16 +16,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from adjustText import adjust_text  # noqa: E402
 
-from .files import atomic_write  # noqa: E402
+from .files import atomic_write, read_bounded  # noqa: E402
 
 __all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points",
            "plot_per_class_iou", "save_overlay_png"]
 
 
+#: The largest metrics.jsonl read (a record per epoch is about 1 KB).
+MAX_METRICS_BYTES = 256 << 20
+
+
 def read_metrics(metrics_file: str | Path) -> list[dict]:
     """Records of ``metrics.jsonl``, one per epoch (a record repeated by a resumed run keeps its last copy)."""
     by_epoch: dict[float, dict] = {}
-    for line in Path(metrics_file).read_text().splitlines():
+    raw = read_bounded(metrics_file, MAX_METRICS_BYTES, "the metrics.jsonl a training run wrote")
+    for line in raw.decode("utf8", errors="replace").splitlines():
         if line.strip():
             try:
                 rec = json.loads(line)

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..fields import cli, positive_int
-from ..files import atomic_write_text, sha256_of
+from ..files import atomic_write_text, read_bounded, sha256_of
 from ..models.weights_file import (
     SIDECAR_SUFFIX,  # one sidecar name for exports and imports
     save_weights,
@@ -53,12 +53,19 @@ class ImportConfig:
     labels: str | Path | None = field(default=None, metadata=cli("text file with one class name per line"))
 
 
+#: The largest --labels file read (ImageNet's 1000 names take 21 KB).
+MAX_LABELS_BYTES = 4 << 20
+
+
 def read_labels(path: str | Path, num_classes: int) -> list[str]:
     """One class name per line (blank lines ignored); the count must equal the classifier's outputs."""
     try:
-        names = [line.strip() for line in Path(path).read_text(encoding="utf8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--labels {path}: unreadable ({exc})") from None
+        raw = read_bounded(path, MAX_LABELS_BYTES, "a text file with one class name per line")
+        names = [line.strip() for line in raw.decode("utf8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--labels {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise UsageError(f"--labels {exc}") from None
     if len(names) != num_classes:
         raise UsageError(f"--labels {path} holds {len(names)} names for a classifier with {num_classes} outputs")
     return names
@@ -99,6 +106,10 @@ def import_weights(path: str | Path, source: str | None, out: str | Path, **opti
 def run_import(config: ImportConfig) -> dict[str, Any]:
     """``mobilecnn weights import``: convert ``config.path`` and write ``config.out``; returns the description."""
     c = config
+    source = Path(c.path).resolve()
+    if source in (Path(c.out).resolve(), Path(str(c.out) + SIDECAR_SUFFIX).resolve()):
+        raise UsageError(f"--out {c.out} is the file being imported ({c.path}); the conversion would replace its "
+                         "source: name another --out")
     conv = convert_file(c.path, c.source, model=c.model, variant=c.variant, resolution=c.resolution)
     names = read_labels(c.labels, conv.num_classes) if c.labels is not None else None
     origin = {"file": Path(c.path).name, "sha256": sha256_of(c.path)}
