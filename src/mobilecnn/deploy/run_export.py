@@ -43,6 +43,7 @@ from .auto import DEFAULT_SECONDS, AutoConfig, auto_candidates, auto_export
 from .boxes import BoxTruth
 from .export import ExportConfig, ExportImages, export_model
 from .formats import FORMATS, PRECISIONS, SIDECAR_SUFFIX
+from .imported_images import imported_images, is_imported
 from .precision import DEFAULT_MAX_DROP
 
 __all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION", "SEG_VERIFY_COUNT",
@@ -92,7 +93,8 @@ class RunExportConfig:
         "not with --format auto, which tries every precision", choices=list(PRECISIONS)))
     out: str | None = field(default=None, metadata=cli("output file (default RUN_DIR/export/MODEL[_PRECISION].EXT)"))
     calibration_data: str | None = field(default=None, metadata=cli(
-        "dataset for int8 calibration (default: the run's training set)"))
+        "dataset for int8 calibration (default: the run's training set); for imported weights, a folder of images "
+        "that calibrates int8 and checks it by agreement with fp32"))
     calibration_count: int = field(default=512, metadata=cli(
         f"int8 calibration images, 32 to {MAX_CALIBRATION} (256-512 recommended)", type=positive_int))
     check_count: int = field(default=2000, metadata=cli("held-out images of the bf16/int8 accuracy check",
@@ -276,9 +278,13 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, **optio
     info = loaded.data
     preprocessing = Preprocessing.for_dataset(info, f"{loaded.weights_file} metadata")
     checked, calibrated = precision != "fp32" or auto, auto or precision == "int8"
-    gather = {"segmentation": _segmentation_images, "detection": _detection_images}.get(str(info.get("task")),
-                                                                                         _run_images)
-    images, notes = gather(config, info, preprocessing, checked, calibrated)
+    if is_imported(info):
+        images, notes = imported_images(loaded.model, preprocessing, config.calibration_data,
+                                        (config.calibration_count, config.check_count), checked)
+    else:
+        gather = {"segmentation": _segmentation_images, "detection": _detection_images}.get(str(info.get("task")),
+                                                                                             _run_images)
+        images, notes = gather(config, info, preprocessing, checked, calibrated)
     sidecar = {"model": loaded.model_name, "weights": loaded.weights, "source": str(loaded.weights_file),
                "format": config.format, "data": info, "preprocessing": preprocessing.to_dict()}
     out_path = _default_out(config, loaded.model_name, loaded.run_dir)
