@@ -74,3 +74,12 @@ def test_sidecar_resolution_out_of_range_is_refused(resolution):
 def test_train_threads_beyond_the_cpus_is_refused(capsys):
     assert main(["train", "--model", "mobilenet_v1_x0_25", "--threads", "1000", "--out", "/nonexistent/x"]) == 2
     assert "--threads 1000" in capsys.readouterr().err
+
+
+def test_auto_batch_is_bounded_before_anything_is_loaded(tmp_path):
+    from mobilecnn.deploy.run_export import MAX_AUTO_BATCH, export_run
+    from mobilecnn.errors import UsageError
+
+    with pytest.raises(UsageError, match=rf"--batch 1000000 is not accepted: it must be an integer in \[1, "
+                                         rf"{MAX_AUTO_BATCH}\]"):
+        export_run(tmp_path / "no-run", "auto", batch=1_000_000)

@@ -59,3 +59,27 @@ def test_import_onto_its_own_source_is_refused_and_the_source_kept(tmp_path, cap
     same = str(tmp_path / "." / "w.safetensors")
     assert main(["weights", "import", str(src), "--from", "torchvision", "--out", same]) == 2
     assert "name another --out" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_a_checkpoint_of_another_model_than_the_runs_config_is_refused(tmp_path, folder_data, capsys):
+    import json
+    import shutil
+
+    from mobilecnn.errors import CheckpointError
+    from mobilecnn.runs.rundir import load_trained
+
+    from .conftest import train_tiny
+
+    run = train_tiny(folder_data, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["model"] = "mobilenet_v2_x0_35"  # the checkpoint holds mobilenet_v1_x0_25
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="holds mobilenet_v1_x0_25 but .*config.json was written for "
+                                              "mobilenet_v2_x0_35"):
+        load_trained(run)
+    image = next((folder_data / "val").rglob("*.png"))
+    assert main(["predict", str(image), "--model", str(run)]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    alone = tmp_path / "alone.safetensors"  # the weights file alone still loads: its metadata describes it
+    shutil.copy(next(run.rglob("model.safetensors")), alone)
+    assert load_trained(alone).model_name == "mobilenet_v1_x0_25"

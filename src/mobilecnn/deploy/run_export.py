@@ -49,6 +49,8 @@ from .precision import DEFAULT_MAX_DROP
 __all__ = ["RunExportConfig", "export_run", "sample_images", "MAX_CALIBRATION", "SEG_VERIFY_COUNT",
            "SEG_CHECK_PIXELS", "SEG_CALIBRATION_PIXELS"]
 
+#: The largest batch --format auto times its candidates at (its input is held in memory by every runtime).
+MAX_AUTO_BATCH = 1024
 MAX_CALIBRATION = 2048  # int8 calibration holds activations of every image: 60,000 tiny images took 21 GB
 #: Segmentation runs: at most this many verification images (their logits are K x H x W each) ...
 SEG_VERIFY_COUNT = 16
@@ -125,6 +127,8 @@ def _check(config: RunExportConfig) -> None:
         raise UsageError("--candidates, --seconds and --batch apply to --format auto only")
     if config.precision is not None and config.precision not in PRECISIONS:
         raise UsageError(f"unknown precision {config.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    check_int(config.batch, "--batch", minimum=1, maximum=MAX_AUTO_BATCH,
+              accepted=f"an integer in [1, {MAX_AUTO_BATCH}] (a phone runs batch 1)")
     if config.seconds is not None:
         check_number(config.seconds, "--seconds", above=0)
     check_number(config.max_drop, "--max-drop", minimum=0)
