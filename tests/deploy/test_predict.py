@@ -1,12 +1,14 @@
 """predict: real photos from scikit-image, any size and mode, corrupt files, directories."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mobilecnn.cli import main
+from mobilecnn.errors import CheckpointError
 from mobilecnn.deploy.predict import load_predictor, predict_files, preprocess_image
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -73,3 +75,27 @@ def test_predict_cli_text_and_bad_options(tiny_run, photos, capsys, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     assert main(["predict", str(tmp_path / "empty_dir"), "--model", str(tiny_run)]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "executorch", "litert"])
+def test_a_sidecar_for_another_input_size_is_refused_before_running(tiny_run, photos, tmp_path, capsys, fmt):
+    """The file's own input shape is compared with the sidecar's preprocessing when the file is loaded, so a
+    sidecar from another export is one line naming both, not a runtime's InvalidArgument traceback."""
+    import json
+
+    from mobilecnn.deploy.formats import FORMATS
+    from mobilecnn.deploy.run_export import export_run
+
+    fmt_entry = FORMATS[fmt]
+    if not fmt_entry.installed():
+        pytest.skip(f"{fmt} is not installed")
+    result = export_run(tiny_run, fmt, tmp_path / f"m{fmt_entry.suffix}")
+    sidecar = Path(result["sidecar"])
+    info = json.loads(sidecar.read_text())
+    info["preprocessing"]["resolution"] = 40  # the run was trained at 32
+    sidecar.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=r"prepares 1x40x40 inputs but m\.\w+ takes 1x32x32: the sidecar "
+                                              "belongs to another file"):
+        load_predictor(result["path"])
+    assert main(["predict", str(photos / "coffee.png"), "--model", result["path"]]) == 2
+    assert "Traceback" not in capsys.readouterr().err

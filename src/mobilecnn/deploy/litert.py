@@ -373,6 +373,7 @@ class LiteRTRuntime(Runtime):
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.static_batch = int(self._input["shape"][0])
+        self.input_chw = tuple(int(d) for d in self._input["shape"][1:])  # NCHW: litert-torch keeps torch's layout
         self.int8 = any(d["dtype"] == np.int8 for d in self.interpreter.get_tensor_details())
         #: XNNPACK partitions and the ops left outside them (one partition, none outside, is the fast case).
         self.partitions, self.undelegated = xnnpack_partitions(self.interpreter)

@@ -152,11 +152,24 @@ def load_predictor(model: str | Path, threads: int = 1, device: str | None = "au
            else Preprocessing.for_dataset(data, where))
     names = _labels(data.get("class_names") if isinstance(data, dict) else None, None, where)
     runtime = load_runtime(path, threads=threads)
+    _check_input_fits(runtime.input_chw, pre, path, where)
     facts = info.get("detection")
     return Predictor(runtime, names, pre,
                      source=f"{info.get('model')} ({path.suffix[1:]} file, {info.get('precision', 'fp32')})",
                      model=str(info.get("model") or ""), task=model_task(info.get("model"), data),
                      detection=facts if isinstance(facts, dict) else None)
+
+
+def _check_input_fits(chw: tuple[int | None, ...] | None, pre: Preprocessing, path: Path, where: str) -> None:
+    """The sidecar's preprocessing makes inputs the file takes (sides the file leaves dynamic are not checked)."""
+    if chw is None:
+        return
+    wanted = (pre.in_chans, pre.resolution, pre.resolution)
+    if any(have is not None and have != want for have, want in zip(chw, wanted)):
+        shown = "x".join("?" if d is None else str(d) for d in chw)
+        raise CheckpointError(f"{where} prepares {wanted[0]}x{wanted[1]}x{wanted[2]} inputs but {path.name} takes "
+                              f"{shown}: the sidecar belongs to another file; re-export, or restore the sidecar "
+                              "written beside this file")
 
 
 def preprocess_image(path: str | Path, predictor: Predictor) -> np.ndarray:

@@ -43,6 +43,8 @@ class Runtime:
         self.threads = threads
         self.static_batch: int | None = None
         self.int8 = False
+        #: The file's input (channels, height, width) where it fixes them, else None (a dynamic side is None).
+        self.input_chw: tuple[int | None, ...] | None = None
 
     def _run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -90,10 +92,17 @@ class OnnxRuntime(Runtime):
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.input_chw = _static_dims(self.session.get_inputs()[0].shape[1:])
         self.int8 = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in _onnx_nodes(path))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
+
+
+def _static_dims(dims: Any) -> tuple[int | None, ...] | None:
+    """(C, H, W) with ``None`` for a symbolic or dynamic side; ``None`` unless three dimensions are given."""
+    dims = list(dims)
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in dims) if len(dims) == 3 else None
 
 
 def _onnx_nodes(path: Path) -> list:
@@ -164,6 +173,8 @@ class OpenVINORuntime(Runtime):
         self.request = self.compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
         self._single: Any = None if (shape.rank.is_dynamic or shape[0].is_static) else False
+        if not shape.rank.is_dynamic:
+            self.input_chw = _static_dims([d.get_length() if d.is_static else None for d in list(shape)[1:]])
 
     def _single_request(self) -> Any:
         if self._single is False:
@@ -271,6 +282,7 @@ class ExecuTorchRuntime(Runtime):
         sizes = tuple(meta.input_tensor_meta(0).sizes())
         #: Planned input shape: the static shape, or the upper bound of a dynamic batch.
         self.input_sizes = sizes
+        self.input_chw = _static_dims(sizes[1:])
         self._planned = int(sizes[0]) if sizes else None
         self._dynamic: bool | None = None  # probed on the first call with another batch size
         self._torch = torch

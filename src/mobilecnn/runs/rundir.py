@@ -98,7 +98,7 @@ def load_trained(path: str | Path, prefer_ema: bool = True) -> LoadedModel:
     if not written_by_mobilecnn(meta):
         raise CheckpointError(f"{weights_file} was not written by mobilecnn (no model description in its metadata)")
     config = read_config(run_dir) if run_dir is not None else {}
-    if config.get("model") and meta.get("model") and config["model"] != meta["model"]:
+    if run_dir is not None and config.get("model") and meta.get("model") and config["model"] != meta["model"]:
         raise CheckpointError(f"{weights_file} holds {meta['model']} but {run_dir / CONFIG_FILE} was written for "
                               f"{config['model']}: the checkpoint belongs to another run; point at its own run "
                               "directory, or at the .safetensors file alone")
