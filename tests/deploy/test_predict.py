@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from mobilecnn.cli import main
-from mobilecnn.errors import CheckpointError
 from mobilecnn.deploy.predict import load_predictor, predict_files, preprocess_image
+from mobilecnn.errors import CheckpointError
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -81,7 +81,6 @@ def test_predict_cli_text_and_bad_options(tiny_run, photos, capsys, tmp_path):
 def test_a_sidecar_for_another_input_size_is_refused_before_running(tiny_run, photos, tmp_path, capsys, fmt):
     """The file's own input shape is compared with the sidecar's preprocessing when the file is loaded, so a
     sidecar from another export is one line naming both, not a runtime's InvalidArgument traceback."""
-    import json
 
     from mobilecnn.deploy.formats import FORMATS
     from mobilecnn.deploy.run_export import export_run
