@@ -21,3 +21,26 @@ def test_unwritable_sidecar_keeps_the_previous_file(tmp_path, folder_run):
     assert out.read_bytes() == before
     load_runtime(out)
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".export")]
+
+
+def test_an_auto_search_that_keeps_nothing_leaves_the_last_good_table(tmp_path, folder_run, monkeypatch):
+    import json
+
+    from mobilecnn.deploy import auto
+
+    out = tmp_path / "export" / "m_auto"
+    first = export_run(folder_run, "auto", out, candidates=["onnx"], seconds=0.2, check_count=12,
+                       calibration_count=32)
+    assert first["kept"] and first["table_json"].endswith("m_auto.auto.json")
+    good = (tmp_path / "export" / "m_auto.auto.json").read_text()
+
+    def refuse_all(model, images, config, work, sidecar):
+        return [{"candidate": "onnxruntime fp32", "format": "onnx", "runtime": "onnxruntime", "precision": "fp32",
+                 "status": "refused", "why": "forced"}], {}
+
+    monkeypatch.setattr(auto, "_export_all", refuse_all)
+    second = export_run(folder_run, "auto", out, candidates=["onnx"], seconds=0.2, check_count=12,
+                        calibration_count=32)
+    assert second["kept"] is None and second["table_json"].endswith("m_auto.auto.refused.json")
+    assert (tmp_path / "export" / "m_auto.auto.json").read_text() == good  # still describes the kept file
+    assert json.loads(good)["kept"] == first["kept"] and load_runtime(first["kept"])

@@ -222,7 +222,8 @@ def auto_export(model: nn.Module, out_path: str | Path, images: ExportImages, co
 
     ``out_path``: the kept file's path without suffix (the suffix of the winner's format is added), e.g.
     ``export/mobilenet_v2_x1_0_auto``. Returns the table as a dict with ``kept`` (path or None), ``best``
-    (row) and ``candidates`` (rows); writes ``.auto.json``/``.auto.md`` beside the kept file.
+    (row) and ``candidates`` (rows); writes ``.auto.json``/``.auto.md`` beside the kept file
+    (``.auto.refused.json``/``.md`` when none was kept: an earlier table stays with its file).
     """
     out_path = Path(out_path)
     config = _check_auto(config)
@@ -240,7 +241,8 @@ def auto_export(model: nn.Module, out_path: str | Path, images: ExportImages, co
     result = {"model": (sidecar or {}).get("model", ""), "kept": str(kept) if kept else None, "best": best,
               "threads": config.threads, "batch": config.batch, "max_drop": config.max_drop,
               "timing_rounds": timing["rounds"], "seconds": round(time.time() - started, 1), "candidates": rows}
-    table = out_path.with_name(out_path.name + ".auto")
+    # a search that kept nothing must not replace the table of the file an earlier search kept beside it
+    table = out_path.with_name(out_path.name + (".auto" if kept or not config.keep else ".auto.refused"))
     atomic_write_text(str(table) + ".json", json.dumps(result, indent=2, default=str) + "\n")
     atomic_write_text(str(table) + ".md", auto_markdown(result))
     result["table_json"], result["table_md"] = str(table) + ".json", str(table) + ".md"
