@@ -3,9 +3,12 @@ one), JSON objects read with an error naming the file, and file digests."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -31,16 +34,35 @@ def mode_for(path: Path) -> int:
         return 0o666 & ~_current_umask()
 
 
+def _sweep_dead_temporaries(path: Path) -> None:
+    """Remove ``.NAME.PID.XXXX.tmp`` files of :func:`atomic_write` for ``path`` whose process is gone (killed
+    mid-write: SIGKILL, power cut); a live writer's file is left alone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.\w+\.tmp")
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        except (PermissionError, OverflowError, ValueError):
+            continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A crash at any moment leaves either the old file or the new one, never a half-written file. On
     failure the temporary file is removed and the error propagates. The new file keeps the mode of
-    the file it replaces, and otherwise gets the umask's (``mkstemp`` alone would make it 0600).
+    the file it replaces, and otherwise gets the umask's (``mkstemp`` alone would make it 0600). The temporary
+    file's name carries the writer's PID, so one left by a killed process is swept by the next write of ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep_dead_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

@@ -52,3 +52,72 @@ def test_sigterm_during_export_leaves_no_staging_folder(tmp_path, folder_run):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     assert not [p for p in out.iterdir() if p.name.endswith(".export")]
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_killed_writers_temporary_file_is_swept_by_the_next_write(tmp_path):
+    import torch
+
+    from mobilecnn.models.weights_file import save_weights
+
+    dead = tmp_path / f".w.safetensors.{_dead_pid()}.k1ll3d_x.tmp"
+    dead.write_bytes(b"half a file")
+    live = tmp_path / f".w.safetensors.{os.getpid()}.wr1t1ng.tmp"  # a concurrent writer: left alone
+    live.write_bytes(b"being written")
+    other = tmp_path / f".other.bin.{_dead_pid()}.abc.tmp"  # another destination's: not ours to judge now
+    other.write_bytes(b"x")
+    save_weights(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
+    assert not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "w.safetensors"])
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((line.split()[1] for line in fh if line.startswith("State:")), None)
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_process_dies_with_its_killed_parent(tmp_path):
+    """The child is killed only once it runs its work (a child still starting would exit on its own when the
+    pipe from its dead parent closes), so this fails without the kernel's parent-death signal."""
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "parent.py"
+    script.write_text(f"""
+import os, signal, threading, time
+from mobilecnn.deploy.workers import call_in_child
+
+def work():
+    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+def kill_parent():
+    while not os.path.exists({str(pid_file)!r}):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    threading.Thread(target=kill_parent, daemon=True).start()
+    call_in_child(work)
+""")
+    parent = subprocess.run([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            timeout=120)  # no pipes: an orphaned child holding them would block the wait
+    assert parent.returncode == -signal.SIGKILL
+    child = int(pid_file.read_text())
+    for _ in range(50):  # gone (or a zombie awaiting its reaper) within seconds, not 120 s
+        if _state(child) in (None, "Z"):
+            break
+        time.sleep(0.1)
+    state = _state(child)
+    if state not in (None, "Z"):
+        os.kill(child, signal.SIGKILL)
+    assert state in (None, "Z")

@@ -61,6 +61,20 @@ def _log_tail(log: Path | None) -> str:
     return f"; last output: {' '.join(text.split())}" if text else ""
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this child when its parent dies (Linux ``PR_SET_PDEATHSIG``): a killed ``export``
+    must not leave candidates being written or timed behind it. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _redirect_output(log: str | None) -> None:
     if log is None:
         return
@@ -73,7 +87,8 @@ def _redirect_output(log: str | None) -> None:
 
 
 def _call_main(conn: Any, log: str | None, torch_threads: int, fn: Callable[..., Any], args: tuple,
-               kwargs: dict) -> None:
+               kwargs: dict, parent: int) -> None:
+    _die_with_parent(parent)
     _redirect_output(log)
     torch.set_num_threads(torch_threads)
     try:
@@ -121,7 +136,7 @@ def call_in_child(fn: Callable[..., Any], *args: Any, log: str | Path | None = N
     kwargs = {k: shared_copy(v) for k, v in kwargs.items()}
     receiver, sender = _SPAWN.Pipe(duplex=False)
     proc = _SPAWN.Process(target=_call_main, args=(sender, str(log) if log else None, torch.get_num_threads(), fn,
-                                                   args, kwargs))
+                                                   args, kwargs, os.getpid()))
     proc.start()
     sender.close()
     try:
@@ -141,7 +156,8 @@ def call_in_child(fn: Callable[..., Any], *args: Any, log: str | Path | None = N
     return value
 
 
-def _timing_main(conn: Any, log: str | None, path: str, threads: int) -> None:
+def _timing_main(conn: Any, log: str | None, path: str, threads: int, parent: int) -> None:
+    _die_with_parent(parent)
     _redirect_output(log)
     from .formats import load_runtime  # the child's own import: only this runtime lives here
 
@@ -177,7 +193,8 @@ class TimingWorker:
         self.log = Path(log) if log else None
         self.timeout = timeout
         self._conn, child = _SPAWN.Pipe(duplex=True)
-        self._proc = _SPAWN.Process(target=_timing_main, args=(child, str(log) if log else None, str(path), threads))
+        self._proc = _SPAWN.Process(target=_timing_main, args=(child, str(log) if log else None, str(path), threads,
+                                                               os.getpid()))
         self._proc.start()
         child.close()
         # The input goes through the connection, not the start arguments: multiprocessing writes those into a
