@@ -182,3 +182,19 @@ def test_a_detector_trains_under_torchrun_and_its_map_scores_every_val_image(tmp
     assert alone["images"] == 12
     assert logged["val_mAP"] == pytest.approx(alone["mAP"], abs=1e-9)
     assert logged["val_loss"] == pytest.approx(alone["loss"], rel=1e-5)
+
+
+@needs_fashion
+def test_a_refusal_on_rank_0_ends_every_rank_cleanly(tmp_path):
+    """A directory that holds something else is refused by rank 0 and, with its message, by every rank, before
+    any collective: no rank goes on into DDP set-up to die in gloo (or by torchrun's SIGTERM)."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a run")
+    done = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()),
+                           *train_args(str(out))], env=env(), capture_output=True, text=True, timeout=300)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert text.count("is not empty and holds no mobilecnn run; choose another --out") == 2, text[-3000:]
+    assert "gloo" not in text.lower() and "KeyboardInterrupt" not in text
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written

@@ -24,8 +24,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
         f"architecture options: {options})")
     out(f"preprocessing: {pre['channel_order']}, shorter side {int(pre['resolution'] / pre['crop_fraction'])} then "
         f"centre crop {pre['resolution']}, (x * {pre['scale']:.6g} - mean {pre['mean']}) / std {pre['std']}")
-    if not desc["data"]["class_names"]:
-        out("labels: none (ImageNet class names do not ship with mobilecnn; pass --labels FILE, one name per line)")
+    names = desc["data"]["class_names"]
+    if cfg.labels is not None:
+        out(f"labels: {len(names)} names from {safe(cfg.labels)}")
+    elif names:
+        out(f"labels: ImageNet's {len(names)} class names ({safe(names[0])}, {safe(names[1])}, ...); --labels FILE "
+            "replaces them")
+    else:
+        out("labels: none (the file has no classifier)")
     for note in desc["source"]["notes"]:
         out(f"note: {safe(note)}")
     out(f"license: {desc['license']}")

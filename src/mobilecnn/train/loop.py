@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import errors
 from ..data import Batches, DataInfo
 from ..device import amp_dtype, grad_scaler, resolve_device, set_deterministic, synchronize
-from ..errors import NonFiniteLossError, TrainError
+from ..errors import MobileCNNError, NonFiniteLossError, TrainError
 from ..plots import plot_training_curves
 from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
 from ..runs.layout import CURVES_FILE, METRICS_FILE
@@ -289,6 +290,29 @@ def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, sta
     return record
 
 
+def _on_rank0(ddp: DistContext, check: Callable[[], Path | None]) -> Path | None:
+    """``check()`` on rank 0, its result shared with every rank; a refusal (a ``MobileCNNError``) is raised on
+    every rank with rank 0's message, so none goes on into collectives its peers will never join."""
+    result: Path | None = None
+    refusal: tuple[str, str] | None = None
+    if ddp.main:
+        try:
+            result = check()
+        except MobileCNNError as exc:
+            if ddp.world_size == 1:
+                raise
+            refusal = (type(exc).__name__, str(exc))
+    if ddp.world_size > 1:
+        box: list[Any] = [(refusal, str(result) if result else "")]
+        dist.broadcast_object_list(box, src=0)
+        refusal, shared = box[0]
+        if refusal is not None:
+            error = getattr(errors, refusal[0], TrainError)
+            raise (error if isinstance(error, type) and issubclass(error, MobileCNNError) else TrainError)(refusal[1])
+        result = Path(shared) if shared else None
+    return result
+
+
 def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
     """Run (or resume) a training; returns the final metrics. Raises ``TrainError`` for bad requests.
 
@@ -310,15 +334,12 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
     # Read-only checks first: a refused command (a directory holding another run, a file, a data error)
     # leaves nothing behind. Only then is the directory created and locked, and the checks repeated
     # under the lock (another process may have started in between).
-    if ddp.main:
-        prepare_run_dir(cfg.identity(), run_dir, cfg.resume)
+    # Under torchrun rank 0 checks and every rank raises its refusal, before the group is used for anything else.
+    _on_rank0(ddp, lambda: prepare_run_dir(cfg.identity(), run_dir, cfg.resume))
     run, val_loader, record_settings, config_record = _setup(cfg, settings, ddp, run_dir, notify, device)
     with run_lock(run_dir) if ddp.main else contextlib.nullcontext():
-        resume_from = prepare_run_dir(cfg.identity(), run_dir, cfg.resume, check_lock=False) if ddp.main else None
-        if ddp.world_size > 1:  # every rank resumes from what rank 0 found
-            box = [str(resume_from) if resume_from else ""]
-            dist.broadcast_object_list(box, src=0)
-            resume_from = Path(box[0]) if box[0] else None
+        # every rank resumes from what rank 0 found
+        resume_from = _on_rank0(ddp, lambda: prepare_run_dir(cfg.identity(), run_dir, cfg.resume, check_lock=False))
         if ddp.main:
             write_config(run_dir, config_record)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import torch
 
 from ..data.images import Preprocessing
 
-__all__ = ["Converted", "SOURCES", "IMAGENET_MEAN", "IMAGENET_STD", "BN_KEYS", "LICENSES", "imagenet_preprocessing"]
+__all__ = ["Converted", "SOURCES", "IMAGENET_MEAN", "IMAGENET_STD", "BN_KEYS", "LICENSES", "imagenet_preprocessing",
+           "imagenet_class_names", "IMAGENET_CLASSES"]
 
 #: ``--from`` choices.
 SOURCES = ("torchvision", "timm", "keras", "megvii")
@@ -29,6 +31,19 @@ LICENSES = {
              "repository, Apache-2.0); " + _IMAGENET_TERMS,
     "megvii": "megvii-model/ShuffleNet-Series (MIT, Copyright (c) 2019 Megvii Technology); " + _IMAGENET_TERMS,
 }
+
+
+#: ImageNet's (ILSVRC-2012) 1000 class names in the order of its class indices, one per line: the order every
+#: source's classifier uses (the names torchvision carries in its weights' metadata).
+IMAGENET_CLASSES = "imagenet_classes.txt"
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names, index order."""
+    text = resources.files(__package__).joinpath(IMAGENET_CLASSES).read_text(encoding="utf-8")
+    names = text.splitlines()
+    assert len(names) == 1000, f"{IMAGENET_CLASSES} holds {len(names)} names"  # shipped with the package
+    return names
 
 
 def imagenet_preprocessing(resolution: int = 224, mean: tuple[float, ...] = IMAGENET_MEAN,

@@ -7,7 +7,8 @@ an imported file has ``in_chans`` 3 and ``small_input`` False, and its
 
 * ``data`` is a dataset description whose ``preprocessing`` is a :class:`~mobilecnn.data.images.Preprocessing`
   dict (mean, std, scale, channel_order, resize, crop_fraction, resolution) and ``class_names`` (the
-  ``--labels`` file, else empty: ImageNet's class names do not ship with mobilecnn);
+  ``--labels`` file, else ImageNet's 1000 names shipped in ``weights/imagenet_classes.txt``; none for a file
+  without a classifier);
 * ``source`` (library, file name, sha256, source variant, conversion notes), ``license`` (a note, not advice),
   ``headless`` (``True`` when the file had no classifier).
 """
@@ -27,7 +28,7 @@ from ..models.weights_file import (
     save_weights,
     weights_metadata,
 )
-from .common import LICENSES, SOURCES, Converted
+from .common import LICENSES, SOURCES, Converted, imagenet_class_names
 from .convert import convert_file
 
 __all__ = ["ImportConfig", "write_imported", "import_weights", "run_import", "SIDECAR_SUFFIX", "read_labels"]
@@ -71,6 +72,12 @@ def read_labels(path: str | Path, num_classes: int) -> list[str]:
     return names
 
 
+def _published_names(conv: Converted) -> list[str] | None:
+    """ImageNet's class names for a classifier of its 1000 classes (every source's files were trained on it);
+    None for a file without a classifier."""
+    return imagenet_class_names() if not conv.headless and conv.num_classes == 1000 else None
+
+
 def description(conv: Converted, labels: list[str] | None, origin: dict[str, Any]) -> dict[str, Any]:
     pre = conv.preprocessing
     data = {"name": f"imported:{conv.source}", "num_classes": conv.num_classes, "class_names": labels or [],
@@ -111,7 +118,7 @@ def run_import(config: ImportConfig) -> dict[str, Any]:
         raise UsageError(f"--out {c.out} is the file being imported ({c.path}); the conversion would replace its "
                          "source: name another --out")
     conv = convert_file(c.path, c.source, model=c.model, variant=c.variant, resolution=c.resolution)
-    names = read_labels(c.labels, conv.num_classes) if c.labels is not None else None
+    names = read_labels(c.labels, conv.num_classes) if c.labels is not None else _published_names(conv)
     origin = {"file": Path(c.path).name, "sha256": sha256_of(c.path)}
     desc = write_imported(c.out, conv, names, origin)
     desc["out"] = str(c.out)
