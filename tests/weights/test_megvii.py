@@ -15,8 +15,9 @@ from mobilecnn.weights import convert_file
 from mobilecnn.weights.megvii import unit_permutation
 
 #: megvii ShuffleNetV1/network.py stage_out_channels[1:] (stem, stage 2, 3, 4)
-CHANNELS = {(3, "0.5x"): (12, 120, 240, 480), (3, "1.5x"): (24, 360, 720, 1440), (8, "0.5x"): (16, 192, 384, 768),
-            (8, "1.0x"): (24, 384, 768, 1536), (8, "1.5x"): (24, 576, 1152, 2304), (8, "2.0x"): (48, 768, 1536, 3072)}
+CHANNELS = {(3, "0.5x"): (12, 120, 240, 480), (3, "1.0x"): (24, 240, 480, 960), (3, "1.5x"): (24, 360, 720, 1440),
+            (3, "2.0x"): (48, 480, 960, 1920), (8, "0.5x"): (16, 192, 384, 768), (8, "1.0x"): (24, 384, 768, 1536),
+            (8, "1.5x"): (24, 576, 1152, 2304), (8, "2.0x"): (48, 768, 1536, 3072)}
 
 
 def megvii_state_dict(groups: int, size: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -85,13 +86,21 @@ def _checkpoint(tmp_path, groups, size):
     return sd, path
 
 
-@pytest.mark.parametrize("groups,size", [(3, "0.5x"), (3, "1.5x"), (8, "2.0x")])
+ALL_EIGHT = [(g, s) for g in (3, 8) for s in ("0.5x", "1.0x", "1.5x", "2.0x")]
+#: No channel permutation of the paper's unit reproduces these (test_permutation_rule): shuffle="megvii".
+MEGVII_ORDER = {(8, "0.5x"), (8, "1.0x"), (8, "1.5x")}
+
+
+@pytest.mark.parametrize("groups,size", ALL_EIGHT)
 def test_megvii_shufflenet_v1_exact(groups, size, tmp_path, wt):
+    """Every one of megvii's eight ShuffleNetV1 checkpoints imports to logits within the tolerance of an
+    independent forward pass in their layout."""
     sd, path = _checkpoint(tmp_path, groups, size)
     out = tmp_path / "w.safetensors"
     side = wt.import_file(path, "megvii", out)
     name = f"shufflenet_v1_g{groups}_x{size[:-1].replace('.', '_')}"
     assert side["model"] == name and "MIT" in side["license"]
+    assert side["model_kwargs"] == ({"shuffle": "megvii"} if (groups, size) in MEGVII_ORDER else {})
     pre = side["data"]["preprocessing"]
     assert (pre["channel_order"], pre["scale"], pre["mean"], pre["std"]) == ("BGR", 1.0, [0.0] * 3, [1.0] * 3)
     assert int(pre["resolution"] / pre["crop_fraction"]) == 256 and pre["resolution"] == 224
@@ -119,11 +128,23 @@ def test_megvii_shufflenet_v1_exact(groups, size, tmp_path, wt):
         assert wt.rel_diff(wt.logits(model, x), ref) > 1e-2
 
 
-@pytest.mark.parametrize("size", ["0.5x", "1.0x", "1.5x"])
-def test_megvii_g8_without_exact_permutation_refused(size, tmp_path):
-    _, path = _checkpoint(tmp_path, 8, size)
-    with pytest.raises(CheckpointError, match="cannot be converted exactly"):
-        convert_file(path, "megvii")
+def test_the_megvii_order_is_recorded_counted_and_exported(tmp_path, wt):
+    from mobilecnn.analysis.complexity import profile
+    from mobilecnn.deploy.export import ExportConfig, ExportImages, export_model
+
+    _, path = _checkpoint(tmp_path, 8, "1.0x")
+    out = tmp_path / "w.safetensors"
+    wt.import_file(path, "megvii", out)
+    ours = create_model("shufflenet_v1_g8_x1_0", weights=out)
+    assert ours.model_kwargs == {"shuffle": "megvii"}
+    paper = create_model("shufflenet_v1_g8_x1_0")
+    assert profile(ours, 224).macs == profile(paper, 224).macs  # a permutation costs no multiply-add
+    with pytest.raises(ValueError, match="accepted: True .*False .*'megvii'"):
+        create_model("shufflenet_v1_g8_x1_0", shuffle="after")
+    x = wt.ours_input(out, wt.photos(224))
+    report = export_model(ours, tmp_path / "m.onnx", ExportImages(x[:1], x, None, None, None),
+                          ExportConfig("onnx", "fp32"))
+    assert report.rel_diff < 1e-4 and report.top1_agreement == 1.0
 
 
 @pytest.mark.parametrize("g", [2, 3, 4, 8])

@@ -272,7 +272,10 @@ class ShuffleNetUnit(nn.Module):
       stays a concat unit: the shortcut pool becomes stride 1 (dilated like the depthwise conv), the size kept.
 
     ``group_first_pointwise=False`` leaves the first 1x1 ungrouped (Stage 2's first unit, section 3.3);
-    ``shuffle=False`` removes the shuffle for the Table 3 ablation.
+    ``shuffle=False`` removes the shuffle for the Table 3 ablation. ``shuffle="megvii"`` is the layout of
+    megvii's released ShuffleNet-Series checkpoints: the shuffle after the depthwise conv (and its BN), with the
+    inverse permutation (theirs views the channels as (C/g, g) where the paper views them as (g, C/g): the
+    paper's shuffle with C/g groups). The same parameters, another function.
     """
 
 
@@ -283,10 +286,13 @@ class ShuffleNetUnit(nn.Module):
         stride: int,
         groups: int,
         group_first_pointwise: bool = True,
-        shuffle: bool = True,
+        shuffle: bool | str = True,
     ) -> None:
         super().__init__()
         _check_stride("ShuffleNetUnit", stride)
+        if not (isinstance(shuffle, bool) or shuffle == "megvii"):
+            raise ValueError(f"ShuffleNetUnit: shuffle={shuffle!r}; accepted: True (the paper's), False (none) or "
+                             "'megvii' (after the depthwise conv, megvii's checkpoints)")
         if stride == 1 and in_channels != out_channels:
             raise ValueError(
                 f"ShuffleNetUnit: a stride-1 unit adds its input, so in_channels ({in_channels}) must equal "
@@ -308,7 +314,9 @@ class ShuffleNetUnit(nn.Module):
                 raise ValueError(f"ShuffleNetUnit: groups={div} does not divide the {what} ({value})")
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.compress = group_pointwise_conv(in_channels, mid, first_groups, act=nn.ReLU)
-        self.shuffle = ChannelShuffle(groups) if shuffle and groups > 1 else nn.Identity()
+        self.shuffle_after_depthwise = shuffle == "megvii"
+        shuffle_groups = mid // groups if self.shuffle_after_depthwise else groups
+        self.shuffle = ChannelShuffle(shuffle_groups) if shuffle and groups > 1 else nn.Identity()
         self.depthwise = ConvBNAct(mid, mid, 3, stride, groups=mid, act=None)
         self.expand = group_pointwise_conv(mid, branch_out, groups, act=None)
         self.shortcut: nn.Module = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
@@ -327,7 +335,10 @@ class ShuffleNetUnit(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
+        if self.shuffle_after_depthwise:
+            branch = self.expand(self.shuffle(self.depthwise(self.compress(x))))
+        else:
+            branch = self.expand(self.depthwise(self.shuffle(self.compress(x))))
         if not self.concat:
             return F.relu_(x + branch)  # the sum is a fresh tensor: in place is safe
         return torch.cat((self.shortcut(x), F.relu(branch)), dim=1)

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from ..layers import ConvBNAct, ShuffleNetUnit
-from ..validators import check_bool, check_number, check_positive_int
+from ..validators import check_number, check_positive_int
 from .base import ClassifierNet, FeatureTap, init_weights
 from .published import Published
 from .registry import register_model
@@ -87,7 +87,9 @@ class ShuffleNetV1(ClassifierNet):
     """ShuffleNet v1 with explicit channels; see :func:`shufflenet_v1_channels` for the zoo's widths.
 
     ``small_input=True``: stride-1 stem and no max pool (for 28-64 px images), total
-    stride 8 instead of 32. ``shuffle=False`` removes every channel shuffle (Table 3 ablation).
+    stride 8 instead of 32. ``shuffle=False`` removes every channel shuffle (Table 3 ablation);
+    ``shuffle="megvii"`` puts it where megvii's ShuffleNet-Series checkpoints have it
+    (:class:`~mobilecnn.layers.ShuffleNetUnit`).
     """
 
     def __init__(
@@ -98,12 +100,15 @@ class ShuffleNetV1(ClassifierNet):
         num_classes: int = 1000,
         in_chans: int = 3,
         small_input: bool = False,
-        shuffle: bool = True,
+        shuffle: bool | str = True,
     ) -> None:
         owner = f"ShuffleNet v1 (g={groups})"
         super().__init__(owner, in_chans, num_classes, total_stride=8 if small_input else 32, small_input=small_input)
         check_positive_int(groups, f"{owner}: groups")
-        check_bool(shuffle, f"{owner}: shuffle")
+        if not (isinstance(shuffle, bool) or shuffle == "megvii"):
+            raise ValueError(f"{owner}: shuffle={shuffle!r}; accepted: True (the paper's channel shuffle), False "
+                             "(none: Table 3's ablation) or 'megvii' (after the depthwise conv with the inverse "
+                             "permutation: megvii's released checkpoints)")
         stem, *stage_channels = channels
         for i, (width, prev) in enumerate(zip(stage_channels, channels[:-1])):
             first_groups = 1 if i == 0 else groups
@@ -213,175 +218,175 @@ def _build(groups: int, scale: float, stage_units: tuple[int, int, int] = STAGE_
 
 @register_model("shufflenet_v1", _published_for(1, "0_25"))
 def shufflenet_v1_g1_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                           shuffle: bool = True) -> ShuffleNetV1:
+                           shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=1."""
     return _build(1, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "0_5"))
 def shufflenet_v1_g1_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=1."""
     return _build(1, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "1_0"))
 def shufflenet_v1_g1_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=1."""
     return _build(1, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "1_5"))
 def shufflenet_v1_g1_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=1."""
     return _build(1, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(1, "2_0"))
 def shufflenet_v1_g1_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=1."""
     return _build(1, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "0_25"))
 def shufflenet_v1_g2_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                           shuffle: bool = True) -> ShuffleNetV1:
+                           shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=2."""
     return _build(2, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "0_5"))
 def shufflenet_v1_g2_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=2."""
     return _build(2, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "1_0"))
 def shufflenet_v1_g2_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=2."""
     return _build(2, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "1_5"))
 def shufflenet_v1_g2_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=2."""
     return _build(2, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(2, "2_0"))
 def shufflenet_v1_g2_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=2."""
     return _build(2, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "0_25"))
 def shufflenet_v1_g3_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                           shuffle: bool = True) -> ShuffleNetV1:
+                           shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=3."""
     return _build(3, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "0_5"))
 def shufflenet_v1_g3_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=3."""
     return _build(3, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "1_0"))
 def shufflenet_v1_g3_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=3."""
     return _build(3, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "1_5"))
 def shufflenet_v1_g3_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=3."""
     return _build(3, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(3, "2_0"))
 def shufflenet_v1_g3_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=3."""
     return _build(3, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "0_25"))
 def shufflenet_v1_g4_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                           shuffle: bool = True) -> ShuffleNetV1:
+                           shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=4."""
     return _build(4, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "0_5"))
 def shufflenet_v1_g4_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=4."""
     return _build(4, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "1_0"))
 def shufflenet_v1_g4_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=4."""
     return _build(4, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "1_5"))
 def shufflenet_v1_g4_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=4."""
     return _build(4, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(4, "2_0"))
 def shufflenet_v1_g4_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=4."""
     return _build(4, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "0_25"))
 def shufflenet_v1_g8_x0_25(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                           shuffle: bool = True) -> ShuffleNetV1:
+                           shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.25x, g=8."""
     return _build(8, 0.25, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "0_5"))
 def shufflenet_v1_g8_x0_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 0.5x, g=8."""
     return _build(8, 0.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "1_0"))
 def shufflenet_v1_g8_x1_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1x, g=8."""
     return _build(8, 1.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "1_5"))
 def shufflenet_v1_g8_x1_5(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 1.5x, g=8."""
     return _build(8, 1.5, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
 
 @register_model("shufflenet_v1", _published_for(8, "2_0"))
 def shufflenet_v1_g8_x2_0(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                          shuffle: bool = True) -> ShuffleNetV1:
+                          shuffle: bool | str = True) -> ShuffleNetV1:
     """ShuffleNet 2x, g=8."""
     return _build(8, 2.0, num_classes=num_classes, in_chans=in_chans, small_input=small_input, shuffle=shuffle)
 
@@ -391,7 +396,7 @@ _TABLE5 = Published("ShuffleNet Table 5", {224: 40}, approximate=True, macs_tole
 
 @register_model("shufflenet_v1", _TABLE5)
 def shufflenet_v1_g8_x0_5_arch2(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                                shuffle: bool = True) -> ShuffleNetV1:
+                                shuffle: bool | str = True) -> ShuffleNetV1:
     """Table 5 "ShuffleNet 0.5x (arch2, g=8)": stem 16, stages 224/416/832 of 4/6/4 units."""
     return _build(8, 0.5, ARCH2_UNITS, ARCH2_CHANNELS, num_classes=num_classes, in_chans=in_chans,
                   small_input=small_input, shuffle=shuffle)
@@ -399,7 +404,7 @@ def shufflenet_v1_g8_x0_5_arch2(num_classes: int = 1000, in_chans: int = 3, smal
 
 @register_model("shufflenet_v1", _TABLE5)
 def shufflenet_v1_g3_x0_5_shallow(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                                  shuffle: bool = True) -> ShuffleNetV1:
+                                  shuffle: bool | str = True) -> ShuffleNetV1:
     """Table 5 "ShuffleNet 0.5x (shallow, g=3)": 2/4/2 units, widened to ~40 MFLOPs (stem 18, 168/336/672)."""
     return _build(3, 0.5, SHALLOW_UNITS, SHALLOW_CHANNELS, num_classes=num_classes, in_chans=in_chans,
                   small_input=small_input, shuffle=shuffle)

@@ -15,15 +15,16 @@ their t(k) in the same pw1 group gives ``pw1'[o(k')] = pw1[t(k)]``, ``dw'[k'] = 
 BN rows) and our pw2 column k' = their column k: every grouped conv stays grouped, the shortcut channels
 are untouched, the unit computes the same function. It exists iff both shuffles join every (pw1 group,
 pw2 group) pair by the same number of channels: ``n mod g in {0, 1, g - 1}`` (the ungrouped first unit:
-always). g=3: every width; g=8: only 2.0x (n = 24, 48, 96). g=8 0.5x/1.0x/1.5x are refused: there no
-channel permutation of our architecture reproduces theirs (docs/pretrained.md).
+always). g=3: every width; g=8: only 2.0x (n = 24, 48, 96). For g=8 0.5x/1.0x/1.5x no channel permutation of
+the paper's unit reproduces theirs (docs/pretrained.md): they are imported as they are into the model built
+with ``shuffle="megvii"`` (their shuffle position and order), recorded in the file's ``model_kwargs``.
 """
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -60,6 +61,45 @@ def unit_permutation(mid: int, groups: int, first_groups: int) -> tuple[list[int
     return src, pos
 
 
+def _permutable(sd: Mapping[str, torch.Tensor], units: list[int], groups: int) -> bool:
+    """Whether every unit's shuffle can be matched by a channel permutation of the paper's unit."""
+    in_ch = sd["first_conv.0.weight"].shape[0]
+    for u in units:
+        pw1, pw2 = sd[f"features.{u}.branch_main_1.0.weight"], sd[f"features.{u}.branch_main_2.0.weight"]
+        mid = pw1.shape[0]
+        first_groups = in_ch // pw1.shape[1]
+        if groups < 1 or mid % groups or first_groups not in (1, groups):
+            raise CheckpointError(f"megvii unit {u}: pw1 {tuple(pw1.shape)} does not fit groups={groups}")
+        if unit_permutation(mid, groups, first_groups) is None:
+            return False
+        in_ch = pw2.shape[0] + (in_ch if pw2.shape[0] != mid * 4 else 0)
+    return True
+
+
+def _permuted_unit(out: OrderedDict[str, torch.Tensor], sd: Mapping[str, torch.Tensor], p: str, q: str,
+                   match: tuple[list[int], list[int]] | None, groups: int, bn: Callable[..., None]) -> None:
+    """Unit ``p`` of theirs into our unit ``q`` with the paper's shuffle, through ``match`` (module docstring)."""
+    assert match is not None  # _permutable said so
+    pw1, dw, pw2 = (sd[f"{p}.branch_main_1.0.weight"], sd[f"{p}.branch_main_1.3.weight"],
+                    sd[f"{p}.branch_main_2.0.weight"])
+    src, pos = match
+    mid = pw1.shape[0]
+    n = mid // groups
+    pw1_idx = [0] * mid
+    for kp in range(mid):
+        pw1_idx[(kp % groups) * n + kp // groups] = src[kp]
+    out[f"{q}.compress.conv.weight"] = pw1[pw1_idx].clone()
+    bn(f"{q}.compress.bn", f"{p}.branch_main_1.1", pw1_idx)
+    out[f"{q}.depthwise.conv.weight"] = dw[src].clone()
+    bn(f"{q}.depthwise.bn", f"{p}.branch_main_1.4", src)
+    rows_per = pw2.shape[0] // groups
+    new_pw2 = torch.empty_like(pw2)
+    for b in range(groups):
+        rows = slice(b * rows_per, (b + 1) * rows_per)
+        new_pw2[rows] = pw2[rows][:, [pos[kp] % n for kp in range(b * n, (b + 1) * n)]]
+    out[f"{q}.expand.conv.weight"] = new_pw2
+
+
 def convert_megvii(sd: Mapping[str, torch.Tensor], stage_units: tuple[int, ...] = (4, 8, 4)
                    ) -> tuple[OrderedDict[str, torch.Tensor], Converted]:
     units = sorted({int(m[1]) for k in sd if (m := re.match(r"features\.(\d+)\.branch_main", k))})
@@ -77,6 +117,7 @@ def convert_megvii(sd: Mapping[str, torch.Tensor], stage_units: tuple[int, ...] 
                 out[f"{dst}.{k}"] = v[idx].clone() if idx is not None else v
             out[f"{dst}.num_batches_tracked"] = sd.get(f"{src}.num_batches_tracked", torch.tensor(0))
 
+        megvii = not _permutable(sd, units, groups)
         out["features.0.conv.weight"] = sd["first_conv.0.weight"]
         bn("features.0.bn", "first_conv.1")
         in_ch = sd["first_conv.0.weight"].shape[0]
@@ -87,33 +128,15 @@ def convert_megvii(sd: Mapping[str, torch.Tensor], stage_units: tuple[int, ...] 
                 pw1, dw, pw2 = (sd[f"{p}.branch_main_1.0.weight"], sd[f"{p}.branch_main_1.3.weight"],
                                 sd[f"{p}.branch_main_2.0.weight"])
                 mid = pw1.shape[0]
-                first_groups = in_ch // pw1.shape[1]
-                if groups < 1 or mid % groups or first_groups not in (1, groups):
-                    raise CheckpointError(f"megvii unit {u}: pw1 {tuple(pw1.shape)} does not fit groups={groups}")
-                match = unit_permutation(mid, groups, first_groups)
-                if match is None:
-                    n = mid // groups
-                    raise CheckpointError(
-                        f"megvii ShuffleNetV1 g={groups}: unit {u} (bottleneck {mid}, {n} channels per group, "
-                        f"{n} mod {groups} = {n % groups}) cannot be converted exactly: their shuffle (after the "
-                        f"depthwise conv) joins the pw1 and pw2 groups by other channel counts than the paper's, "
-                        f"so no channel permutation of mobilecnn's unit reproduces it (exact when n mod g is 0, 1 "
-                        f"or g-1: every g=3 model and g=8 2.0x; see docs/pretrained.md)")
-                src, pos = match
-                n = mid // groups
-                pw1_idx = [0] * mid
-                for kp in range(mid):
-                    pw1_idx[(kp % groups) * n + kp // groups] = src[kp]
-                out[f"{q}.compress.conv.weight"] = pw1[pw1_idx].clone()
-                bn(f"{q}.compress.bn", f"{p}.branch_main_1.1", pw1_idx)
-                out[f"{q}.depthwise.conv.weight"] = dw[src].clone()
-                bn(f"{q}.depthwise.bn", f"{p}.branch_main_1.4", src)
-                rows_per = pw2.shape[0] // groups
-                new_pw2 = torch.empty_like(pw2)
-                for b in range(groups):
-                    rows = slice(b * rows_per, (b + 1) * rows_per)
-                    new_pw2[rows] = pw2[rows][:, [pos[kp] % n for kp in range(b * n, (b + 1) * n)]]
-                out[f"{q}.expand.conv.weight"] = new_pw2
+                first_groups = in_ch // pw1.shape[1]  # 1 or groups: _permutable checked
+                if megvii:  # their layout as is: our unit shuffles where theirs does
+                    out[f"{q}.compress.conv.weight"] = pw1
+                    bn(f"{q}.compress.bn", f"{p}.branch_main_1.1")
+                    out[f"{q}.depthwise.conv.weight"] = dw
+                    bn(f"{q}.depthwise.bn", f"{p}.branch_main_1.4")
+                    out[f"{q}.expand.conv.weight"] = pw2
+                else:
+                    _permuted_unit(out, sd, p, q, unit_permutation(mid, groups, first_groups), groups, bn)
                 bn(f"{q}.expand.bn", f"{p}.branch_main_2.1")
                 in_ch = pw2.shape[0] + (in_ch if pw2.shape[0] != mid * 4 else 0)
                 u += 1
@@ -124,4 +147,7 @@ def convert_megvii(sd: Mapping[str, torch.Tensor], stage_units: tuple[int, ...] 
     out["classifier.bias"] = sd.get("classifier.0.bias", torch.zeros(w.shape[0], dtype=w.dtype))
     notes = ["megvii's head is AvgPool2d(7): the same as mobilecnn's global average pool at 224 x 224 input only",
              "megvii's Linear has no bias: imported with a zero bias"]
-    return out, Converted(out, "", "megvii", {}, megvii_preprocessing(), notes)
+    if megvii:
+        notes.append(f"g={groups}: no channel permutation of the paper's unit computes megvii's (n mod g not in "
+                     "{0, 1, g-1}); imported with shuffle='megvii' (their shuffle position), exact")
+    return out, Converted(out, "", "megvii", {"shuffle": "megvii"} if megvii else {}, megvii_preprocessing(), notes)
