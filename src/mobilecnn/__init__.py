@@ -7,11 +7,27 @@ papers' claims, :mod:`.cli` is the command line. The ground floor every part may
 :mod:`.validators`, :mod:`.files`, :mod:`.device`, :mod:`.fields` (the floors: tests/test_architecture.py).
 """
 
+from typing import Any
+
 from .analysis import ModelProfile, profile
 from .errors import MobileCNNError, UnknownModelError
-from .models import create_model, get_model_entry, list_models, published
+from .models import create_model as _create_model
+from .models import get_model_entry, list_models, published
 
 __version__ = "0.1.0"
+
+
+def create_model(name: str, weights: Any = None, pretrained: str | None = None, **kwargs: Any) -> Any:
+    """:func:`mobilecnn.models.create_model`; ``pretrained="torchvision"|"timm"|"keras"``: that source's published
+    ImageNet weights (``mobilecnn weights get``: downloaded once into the cache, hash checked, imported)."""
+    if pretrained is not None:
+        from .errors import UsageError
+        from .weights import GetConfig, get_weights
+
+        if weights is not None:
+            raise UsageError("pass weights= or pretrained=, not both")
+        weights = get_weights(GetConfig(name, pretrained))["out"]
+    return _create_model(name, weights=weights, **kwargs)
 
 __all__ = ["create_model", "list_models", "get_model_entry", "published", "profile", "ModelProfile",
            "MobileCNNError", "UnknownModelError", "__version__"]

@@ -23,6 +23,7 @@ __all__ = [
     "ExportVerificationError",
     "Int8AccuracyError",
     "MissingBackendError",
+    "DownloadError",
     "EXIT_CODES",
     "exit_code",
 ]
@@ -78,6 +79,10 @@ class Int8AccuracyError(MobileCNNError, ValueError):
     def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class DownloadError(MobileCNNError, ValueError):
+    """A published file could not be fetched or failed its hash check; nothing was left in the cache."""
 
 
 class MissingBackendError(MobileCNNError, ImportError):

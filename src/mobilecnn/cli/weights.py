@@ -1,11 +1,12 @@
-"""``mobilecnn weights import``: published checkpoints (torchvision, timm, Keras, megvii) -> mobilecnn safetensors."""
+"""``mobilecnn weights import|get``: published checkpoints (torchvision, timm, Keras, megvii) -> mobilecnn
+safetensors; ``get`` downloads them first."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..weights import ImportConfig, run_import
+from ..weights import GetConfig, ImportConfig, get_weights, run_import
 from .console import out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -39,6 +40,26 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_get(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from .console import err
+
+    cfg = config_from_args(GetConfig, args)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("downloading", total=None)
+        desc = get_weights(cfg, lambda done, total: bar.update(task, completed=done, total=total))
+    if args.json:
+        out(json.dumps(desc, indent=2))
+        return 0
+    how = "downloaded" if desc["downloaded"] else "in the cache"
+    out(f"{safe(cfg.model)} ({safe(cfg.source)}): {safe(desc['url'])} {how}, SHA-256 {desc['sha256']} "
+        f"({desc['hash_from']})")
+    out(f"weights: {safe(desc['out'])} (use create_model({cfg.model!r}, weights=...) or --model / --init)")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="import published weights (torchvision, timm, Keras, megvii ShuffleNet)")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -47,3 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(q, ImportConfig)
     add_json_option(q, "the description written")
     q.set_defaults(func=_cmd_import)
+    g = wsub.add_parser("get", help="download a model's published weights (hash checked, cached) and import them")
+    add_config_arguments(g, GetConfig)
+    add_json_option(g, "the description")
+    g.set_defaults(func=_cmd_get)

@@ -31,7 +31,7 @@ from .. import errors
 from ..data import Batches, DataInfo
 from ..device import amp_dtype, grad_scaler, resolve_device, set_deterministic, synchronize
 from ..errors import MobileCNNError, NonFiniteLossError, TrainError
-from ..plots import plot_training_curves
+from ..plots import plot_training_curves, read_metrics
 from ..runs.checkpoints import latest_checkpoint, load_training_state, save_training_checkpoint
 from ..runs.layout import CURVES_FILE, METRICS_FILE
 from ..runs.rundir import append_jsonl, prepare_run_dir, run_lock, write_config
@@ -368,8 +368,8 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
             epoch += 1
         metrics_file = run_dir / METRICS_FILE
         if ddp.main and not last_metrics and metrics_file.is_file():
-            lines = metrics_file.read_text().strip().splitlines()
-            last_metrics = json.loads(lines[-1]) if lines else {}
+            records = read_metrics(metrics_file)  # bounded: a metrics.jsonl linked to /dev/zero is refused
+            last_metrics = records[-1] if records else {}
         if cfg.compile:
             last_metrics = {**last_metrics, "compile_time_s": run.compile_time_s}
         notify("end", {"run_dir": str(run_dir), **last_metrics})
