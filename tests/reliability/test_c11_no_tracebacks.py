@@ -66,3 +66,20 @@ def test_absurd_numbers(option, tmp_path, capsys):
     assert main([*TRAIN, "--out", str(tmp_path / "r"), *option]) == 2
     capsys.readouterr()
     assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_while_the_command_line_loads_is_exit_130_without_a_traceback():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = "import mobilecnn, sys; print('torch' in sys.modules)"
+    light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "False"  # import mobilecnn does not wait for torch
+    proc = subprocess.Popen([sys.executable, "-m", "mobilecnn.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)  # the interpreter is up and torch is loading (it takes seconds)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
