@@ -182,7 +182,9 @@ def detection_report(plan: DetPlan, results: list[DetResult], elapsed: float) ->
         "",
         f"Budget: {plan.epochs:g} epoch(s) of the 2,000 train scenes at {plan.resolution} px, the fast_detection "
         f"recipe, {plan.seeds} seed(s); COCO mAP@[.5:.95] (faster-coco-eval) on {plan.val_subset or 500} val "
-        f"scenes, mean over seeds. This section took {elapsed / 60:.1f} min.",
+        f"scenes, mean over seeds. This section took {elapsed / 60:.1f} min; the runs' training took "
+        f"{sum(sum(r.train_time_s) for r in results) / 60:.1f} min (runs already trained are resumed as they are, "
+        "so a second pass only measures again).",
         "",
         *[line.replace("## ", "### ", 1) for line in detection_markdown()],
         "",
