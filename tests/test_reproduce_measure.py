@@ -23,3 +23,14 @@ def test_verdict_separates_a_margin_a_sign_and_seed_noise():
     assert verdict([18.0], [20.5], margin=1.0).startswith("**did not hold**")
     assert verdict([20.0, 20.4], [20.1, 20.5]).startswith("within seed noise")
     assert verdict([25.0, 25.1], [20.0, 20.1]).startswith("**held**")
+
+
+def test_training_seconds_sums_every_epoch_once(tmp_path):
+    import json
+
+    from mobilecnn.reproduce_measure import training_seconds
+
+    records = [{"epoch": e, "train_time_s": t} for e, t in ((0, 10.0), (1, 12.0), (1, 12.5), (2, 11.0))]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert training_seconds(tmp_path) == 10.0 + 12.5 + 11.0  # a resumed epoch's record counts once, its last
+    assert training_seconds(tmp_path / "nothing") == 0.0

@@ -29,7 +29,7 @@ from typing import Any
 from .analysis.complexity import profile
 from .analysis.tables import detection_markdown
 from .files import atomic_write_text
-from .reproduce_measure import auto_latency, onnx_latency, verdict
+from .reproduce_measure import auto_latency, onnx_latency, training_seconds, verdict
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, train
 
@@ -87,7 +87,7 @@ class DetResult:
     latency_ms: float | None = None  # seed 0, ONNX fp32 in onnxruntime
     auto_latency_ms: float | None = None  # seed 0, the best verified file (plan.auto)
     auto_choice: str = ""  # "runtime precision" of that file, or why none
-    train_time_s: list[float] = field(default_factory=list)
+    train_time_s: list[float] = field(default_factory=list)  # per seed, all epochs
 
     @property
     def mean(self) -> float:
@@ -127,7 +127,7 @@ def run_detection(plan: DetPlan, out_dir: str | Path,
                          lambda ev, info: notify("train:" + ev, info))
             res.mAP.append(float(run.get("val_mAP") or 0.0))
             res.AP50.append(float(run.get("val_AP50") or 0.0))
-            res.train_time_s.append(float(run.get("train_time_s", 0.0)))
+            res.train_time_s.append(training_seconds(out / "runs" / f"det-{key}-seed{seed}"))
         first = out / "runs" / f"det-{key}-seed0"
         res.latency_ms = onnx_latency(first, plan.resolution, plan.bench_repeats)
         if plan.auto:

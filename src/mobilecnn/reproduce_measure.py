@@ -16,9 +16,17 @@ from pathlib import Path
 from .deploy.bench import BenchSpec, benchmark
 from .deploy.run_export import export_run
 from .errors import MobileCNNError
+from .plots import read_metrics
+from .runs.layout import METRICS_FILE
 from .runs.rundir import load_trained
 
-__all__ = ["AutoLatency", "auto_latency", "onnx_latency", "verdict"]
+__all__ = ["AutoLatency", "auto_latency", "onnx_latency", "training_seconds", "verdict"]
+
+
+def training_seconds(run: str | Path) -> float:
+    """A run's training time: the sum of its epochs' ``train_time_s`` (each record is one epoch's)."""
+    path = Path(run) / METRICS_FILE
+    return sum(float(r.get("train_time_s") or 0.0) for r in read_metrics(path)) if path.is_file() else 0.0
 
 
 def onnx_latency(run: str | Path, resolution: int, repeats: int) -> float | None:
