@@ -127,5 +127,5 @@ def test_auto_survives_a_candidate_that_crashes_its_process(tmp_path, monkeypatc
     (row,) = result["candidates"]
     assert row["status"] == "refused" and "SIGABRT" in row["why"] and "export process" in row["why"]
     assert result["kept"] is None and result["best"] is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.auto.json", "m.auto.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.auto.refused.json", "m.auto.refused.md"]
     sys.modules.pop("aborting_model", None)

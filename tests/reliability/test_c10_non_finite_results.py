@@ -14,11 +14,12 @@ from mobilecnn.models.weights_file import load_weights, read_metadata, save_weig
 from mobilecnn.runs.checkpoints import latest_checkpoint
 
 
-def _poison(run):
+def _poison(run, value: float = 1e30):
+    """Every float tensor set to ``value``: finite (the file loads) but the outputs overflow to inf/NaN."""
     ckpt = latest_checkpoint(run)
     path = ckpt / "model.safetensors"
-    state = load_weights(path)
-    state = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in state.items()}
+    state = load_weights(path, check_values=False)
+    state = {k: (torch.full_like(v, value) if v.is_floating_point() else v) for k, v in state.items()}
     save_weights(path, state, read_metadata(path))
 
 
@@ -34,6 +35,19 @@ def test_nan_weights_fail_eval_and_predict(tmp_path, folder_run, folder_data, ca
     captured = capsys.readouterr()
     assert "NaN" not in captured.out and "nan%" not in captured.out
     assert "NaN/inf" in captured.err
+
+
+def test_nan_weights_are_refused_when_loaded_naming_the_tensor(tmp_path, folder_run, folder_data, capsys):
+    from mobilecnn.errors import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(folder_run, run)
+    _poison(run, float("nan"))
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+        evaluate_run(run, out_dir=tmp_path / "eval", workers=0)
+    image = next((folder_data / "val" / "a").iterdir())
+    assert main(["predict", str(image), "--model", str(run)]) == 2
+    assert "model.safetensors: tensor" in capsys.readouterr().err
 
 
 def test_zero_std_in_a_sidecar_is_refused():
