@@ -14,7 +14,7 @@ from mobilecnn.models.weights_file import load_weights, read_metadata, save_weig
 from mobilecnn.runs.checkpoints import latest_checkpoint
 
 
-def _poison(run, value: float = 1e30):
+def _poison(run, value: float = 1e38):
     """Every float tensor set to ``value``: finite (the file loads) but the outputs overflow to inf/NaN."""
     ckpt = latest_checkpoint(run)
     path = ckpt / "model.safetensors"
