@@ -14,16 +14,13 @@ from .. import __version__
 from ..errors import exit_code
 from . import data, deploy, models, training
 from . import weights as weights_cli
+from .commands import top_level_parser
 from .console import err, error
 
 __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mobilecnn",
-        description="ShuffleNet v1, MobileNetV2 and MobileNet V1: exact models, complexity, training, export.",
-    )
-    parser.add_argument("--version", action="version", version=f"mobilecnn {__version__}")
+    parser = top_level_parser(__version__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     models.add_parsers(sub)
     training.add_parsers(sub)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..data.scenes import ScenesConfig, generate_scenes
+from .commands import help_of
 from .console import err, out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -28,7 +29,7 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="datasets: the Fashion-MNIST scenes of the dense tasks")
+    p = sub.add_parser("data", help=help_of("data"))
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = dsub.add_parser("scenes", help="compose real Fashion-MNIST items onto real textures (docs/scenes.md)")
     add_config_arguments(q, ScenesConfig)

@@ -22,6 +22,7 @@ from ..deploy.predict_boxes import DEFAULT_SCORE, RESULTS_FILE, check_score_thre
 from ..deploy.predict_masks import DEFAULT_OUT, iter_mask_predictions
 from ..deploy.run_export import RunExportConfig, export_run
 from ..errors import UsageError
+from .commands import help_of
 from .console import err, error, out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -200,19 +201,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="fold BN, export, and verify against PyTorch on real images")
+    p = sub.add_parser("export", help=help_of("export"))
     add_config_arguments(p, RunExportConfig)
     p.add_argument("--int8", action="store_true", help="same as --precision int8")
     add_json_option(p, "the export report")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("bench", help="latency/throughput on each backend, torchvision reference rows included")
+    p = sub.add_parser("bench", help=help_of("bench"))
     add_config_arguments(p, BenchConfig)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("predict", help="top-k labels of image files (a directory: every image in it); "
-                                       "segmentation models: masks, overlays and class shares; detection models: "
-                                       "boxes drawn and COCO results")
+    p = sub.add_parser("predict", help=help_of("predict"))
     add_config_arguments(p, PredictConfig)
     add_json_option(p, "the predictions")
     p.set_defaults(func=_cmd_predict)

@@ -9,6 +9,7 @@ from ..analysis import ModelProfile, ProfileConfig, TablesConfig, profile_config
 from ..analysis.tables import detection_row, segmentation_row
 from ..errors import UsageError
 from ..models import ListConfig, list_models, published, published_detection, published_segmentation
+from .commands import help_of
 from .console import out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -106,15 +107,15 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list registered models (optionally matching a wildcard PATTERN)")
+    p = sub.add_parser("list", help=help_of("list"))
     add_config_arguments(p, ListConfig)
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("profile", help="MACs, params, peak activation memory and per-layer table of a model")
+    p = sub.add_parser("profile", help=help_of("profile"))
     add_config_arguments(p, ProfileConfig)
     add_json_option(p, "the profile")
     p.set_defaults(func=_cmd_profile)
 
-    p = sub.add_parser("tables", help="regenerate the papers' complexity tables beside the published figures")
+    p = sub.add_parser("tables", help=help_of("tables"))
     add_config_arguments(p, TablesConfig)
     p.set_defaults(func=_cmd_tables)

@@ -20,6 +20,7 @@ from rich.text import Text
 from ..evaluate import EvalConfig, run_eval
 from ..reproduce import ReproduceConfig, rebuild_report, run_reproduce
 from ..train import TrainConfig, train
+from .commands import help_of
 from .console import err, out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -189,16 +190,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (Fashion-MNIST by default); works under torchrun")
+    p = sub.add_parser("train", help=help_of("train"))
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5/per-class accuracy and confusion matrix of a trained run")
+    p = sub.add_parser("eval", help=help_of("eval"))
     add_config_arguments(p, EvalConfig)
     add_json_option(p)
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("reproduce", help="test the papers' claims (Tables 3 and 5) on Fashion-MNIST; writes a report")
+    p = sub.add_parser("reproduce", help=help_of("reproduce"))
     add_config_arguments(p, ReproduceConfig)
     p.set_defaults(func=_cmd_reproduce)
 

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from ..weights import GetConfig, ImportConfig, get_weights, run_import
+from .commands import help_of
 from .console import out, safe
 from .options import add_config_arguments, add_json_option, config_from_args
 
@@ -61,7 +62,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="import published weights (torchvision, timm, Keras, megvii ShuffleNet)")
+    p = sub.add_parser("weights", help=help_of("weights"))
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     q = wsub.add_parser("import", help="convert a published checkpoint into mobilecnn safetensors (exact; see "
                                        "docs/pretrained.md)")
