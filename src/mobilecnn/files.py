@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "read_bounded", "read_json_object", "sha256_of",
-           "mode_for", "MAX_JSON_OBJECT_BYTES"]
+           "mode_for", "process_gone", "MAX_JSON_OBJECT_BYTES"]
 
 
 def _current_umask() -> int:
@@ -34,21 +34,26 @@ def mode_for(path: Path) -> int:
         return 0o666 & ~_current_umask()
 
 
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists (one of another user, or a PID out of range, counts as present)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
 def _sweep_dead_temporaries(path: Path) -> None:
     """Remove ``.NAME.PID.XXXX.tmp`` files of :func:`atomic_write` for ``path`` whose process is gone (killed
     mid-write: SIGKILL, power cut); a live writer's file is left alone."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.\w+\.tmp")
     for entry in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         match = pattern.fullmatch(entry.name)
-        if not match or entry.is_symlink() or not entry.is_file():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
+        if match and not entry.is_symlink() and entry.is_file() and process_gone(int(match.group(1))):
             with contextlib.suppress(OSError):
                 entry.unlink()
-        except (PermissionError, OverflowError, ValueError):
-            continue
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..files import mode_for
+from ..files import mode_for, process_gone
 
 __all__ = ["staging_folder", "commit", "sweep_stale"]
 
@@ -27,14 +27,8 @@ def sweep_stale(out_dir: Path) -> None:
     """Remove staging folders of our naming in ``out_dir`` whose process is gone."""
     for entry in out_dir.glob(".*"):
         match = _NAME.fullmatch(entry.name)
-        if not match or entry.is_symlink() or not entry.is_dir():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
+        if match and not entry.is_symlink() and entry.is_dir() and process_gone(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
-        except (PermissionError, OverflowError, ValueError):
-            continue
 
 
 @contextlib.contextmanager
