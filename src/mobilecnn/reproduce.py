@@ -421,7 +421,11 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
     seg = "".join((out / f"{t}.md").read_text() + "\n" for t in ("segmentation", "detection")
                   if getattr(plan, t) and (out / f"{t}.md").is_file())
     if not plan.classification:  # the dense sections alone
-        atomic_write_text(out / "report.md", "# mobilecnn reproduce\n\n" + seg)
+        task = next((t for t in TASK_SECTIONS if getattr(plan, t)), "all") if plan.segmentation != plan.detection \
+            else "all"
+        threads = f" --threads {plan.threads}" if plan.threads else ""
+        cmd = f"mobilecnn reproduce --{plan.name} --task {task}{threads} --out {out}"
+        atomic_write_text(out / "report.md", f"# mobilecnn reproduce\n\nRegenerate: `{cmd}`.\n\n" + seg)
         return {"report": str(out / "report.md"), "plots": {}, "elapsed_s": elapsed}
     rows = list(results.values())
     plots = plot_reproduce(rows, out)
