@@ -30,7 +30,7 @@ from .models import create_model, published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
 from .reproduce_detection import DET_FULL, DET_QUICK, run_detection
-from .reproduce_measure import auto_latency, onnx_latency
+from .reproduce_measure import auto_latency, onnx_latency, training_seconds
 from .reproduce_segmentation import SEG_FULL, SEG_QUICK, run_segmentation
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, default_threads, train
@@ -250,7 +250,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
             run = _train_eval(name, shuffle, seed, plan, out / "runs" / f"{key}-seed{seed}",
                               lambda ev, info: notify("train:" + ev, info))
             res.top1.append(run["val_top1"])
-            res.train_time_s.append(run.get("train_time_s", 0.0))
+            res.train_time_s.append(training_seconds(out / "runs" / f"{key}-seed{seed}"))
         first_run = out / "runs" / f"{key}-seed0"
         res.latency_ms = onnx_latency(first_run, 32, plan.bench_repeats)
         if plan.int8:

@@ -32,7 +32,7 @@ from .analysis.tables import segmentation_markdown, segmentation_table
 from .evaluate import evaluate_run
 from .files import atomic_write_text
 from .models import create_model
-from .reproduce_measure import auto_latency, onnx_latency, verdict
+from .reproduce_measure import auto_latency, onnx_latency, training_seconds, verdict
 from .runs.layout import CONFIG_FILE
 from .train import TrainConfig, train
 
@@ -130,7 +130,7 @@ def run_segmentation(plan: SegPlan, out_dir: str | Path,
             run = _train(key, seed, plan, out / "runs" / f"seg-{key}-seed{seed}",
                          lambda ev, info: notify("train:" + ev, info))
             res.miou.append(float(run.get("val_miou") or 0.0))
-            res.train_time_s.append(float(run.get("train_time_s", 0.0)))
+            res.train_time_s.append(training_seconds(out / "runs" / f"seg-{key}-seed{seed}"))
         first = out / "runs" / f"seg-{key}-seed0"
         if plan.multi_scale:
             mf = evaluate_run(first, multi_scale=True, subset=plan.val_subset, out_dir=first / "eval-mf")
