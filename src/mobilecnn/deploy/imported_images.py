@@ -13,7 +13,6 @@ their dataset.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,10 @@ import torch
 from torch import nn
 
 from ..data import Preprocessing
-from ..data.images import is_image_name
 from ..data.scenes_compose import load_textures
 from ..errors import DataError, UsageError
 from .export import ExportImages
+from .predict import expand_inputs
 
 __all__ = ["IMPORTED_PREFIX", "is_imported", "imported_images", "MIN_FOLDER_IMAGES"]
 
@@ -53,7 +52,7 @@ def _folder_files(folder: str, total: int) -> list[Path]:
     if not root.is_dir():
         raise UsageError(f"--calibration-data {folder}: not a folder; for imported weights it is a folder of images "
                          "like those the model will see")
-    files = sorted(Path(d) / f for d, _, names in os.walk(root) for f in names if is_image_name(f))
+    files = expand_inputs([root])  # predict's reading of a folder: its images, recursively, sorted
     if len(files) < MIN_FOLDER_IMAGES:
         raise UsageError(f"--calibration-data {folder} holds {len(files)} images; at least {MIN_FOLDER_IMAGES} are "
                          "needed (half calibrate int8, half check it)")
