@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from adjustText import adjust_text  # noqa: E402
+from .files import atomic_write, read_bounded
 
-from .files import atomic_write, read_bounded  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 __all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points",
            "plot_per_class_iou", "save_overlay_png"]
@@ -24,6 +22,17 @@ __all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_repro
 
 #: The largest metrics.jsonl read (a record per epoch is about 1 KB).
 MAX_METRICS_BYTES = 256 << 20
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported on the first figure: it costs 0.6 s with adjustText, which
+    commands that draw nothing should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def read_metrics(metrics_file: str | Path) -> list[dict]:
@@ -44,13 +53,14 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
 
 
 def plot_training_curves(metrics_file: str | Path, out_png: str | Path) -> Path:
     """Loss and accuracy (train and validation) against epochs."""
     records = read_metrics(metrics_file)
     epochs = [r["epoch"] for r in records]
+    plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
     val = [(r["epoch"], r) for r in records if "val_loss" in r]
@@ -99,6 +109,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
         title = f"{title}\n({MAX_CONFUSION_CLASSES} lowest-accuracy of {len(class_names)} classes; all in eval.json)"
     norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
     n = len(names)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), names, rotation=45, ha="right")
@@ -117,6 +128,8 @@ def label_points(ax: plt.Axes, points: Sequence[tuple[float, float, str]]) -> No
     """Label scatter points so that no two labels overlap (adjustText moves them, with a leader line)."""
     texts = [ax.text(x, y, label, fontsize=7) for x, y, label in points]
     if len(texts) > 1:
+        from adjustText import adjust_text
+
         adjust_text(texts, ax=ax, arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5),
                     expand=(1.2, 1.4), ensure_inside_axes=True)
 
@@ -126,6 +139,7 @@ def plot_bench(rows: Sequence, path: str | Path) -> Path:
     accuracy vs latency (``mobilecnn bench``)."""
     timed = [r for r in rows if r.median_ms is not None]
     has_acc = any(r.accuracy is not None for r in timed)
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(13 if has_acc else 7.5, 5.5), squeeze=False)
     ax = axes[0][0]
     for backend in sorted({r.backend for r in timed}):
@@ -168,6 +182,7 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
     colors = {"MobileNet V1": "tab:blue", "MobileNetV2": "tab:green", "ShuffleNet v1": "tab:red"}
     for key, xattr, xlabel in (("accuracy_vs_macs", "macs_32", "MACs at 32 px (M)"),
                                ("accuracy_vs_latency", "latency_ms", "latency, batch 1, 1 thread (ms)")):
+        plt = _pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         points = []
         for r in rows:
@@ -186,6 +201,7 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
     found = [(r, next((o for o in rows if o.model == r.model and not o.shuffle), None)) for r in rows if r.shuffle]
     pairs = [(a, b) for a, b in found if b is not None]
     if pairs:
+        plt = _pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         xs = range(len(pairs))
         ax.bar([x - 0.2 for x in xs], [a.mean for a, _ in pairs], 0.4, yerr=[a.std for a, _ in pairs],
@@ -210,6 +226,7 @@ def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Seque
     n = len(class_names)
     known = [None if v is None or not np.isfinite(float(v)) else float(v) for v in per_class_iou]
     values = [0.0 if v is None else v for v in known]
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.3 * max(n, 1)))
     ys = list(range(n))
     ax.barh(ys, values, color="tab:blue", height=0.7)

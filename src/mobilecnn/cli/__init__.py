@@ -46,12 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return quick
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _exit_130) if on_main else None
-    try:
+    try:  # the command's modules load here, torch among them
+        from .app import build_parser, command_word
         from .app import main as run
+
+        parser = build_parser(command_word(argv))
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    return run(argv)
+    return run(argv, parser)
 
 
 def build_parser() -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["PROG", "DESCRIPTION", "COMMANDS", "help_of", "top_level_parser"]
+__all__ = ["PROG", "DESCRIPTION", "COMMANDS", "GROUPS", "help_of", "group_of", "top_level_parser"]
 
 PROG = "mobilecnn"
 DESCRIPTION = "ShuffleNet v1, MobileNetV2 and MobileNet V1: exact models, complexity, training, export."
@@ -25,6 +25,21 @@ COMMANDS: dict[str, str] = {
     "data": "datasets: the Fashion-MNIST scenes of the dense tasks",
     "weights": "import or download published weights (torchvision, timm, Keras, megvii ShuffleNet)",
 }
+
+#: The module of :mod:`mobilecnn.cli` that defines each command's parser: a command loads only its own module (and
+#: what that imports), so ``mobilecnn list`` does not pay for the runtimes ``export`` needs.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "models": ("list", "profile", "tables"),
+    "training": ("train", "eval", "reproduce"),
+    "deploy": ("export", "bench", "predict"),
+    "data": ("data",),
+    "weights": ("weights",),
+}
+
+
+def group_of(command: str) -> str | None:
+    """The :data:`GROUPS` module defining ``command``, or None for a word that is not a command."""
+    return next((group for group, names in GROUPS.items() if command in names), None)
 
 
 def help_of(command: str) -> str:

@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from ..errors import DataError
 from ..validators import check_bool, check_int
@@ -140,6 +138,9 @@ class DetTrainTransform:
     Randomness comes from torch's global generator (the caller seeds it)."""
 
     def __init__(self, pipeline: DetPipeline, fill: tuple[int, ...]) -> None:
+        from torchvision import tv_tensors  # torchvision loads torch._dynamo (1.5 s): imported when used
+        from torchvision.transforms import v2
+
         p = pipeline
         steps: list[Any] = [v2.RandomPhotometricDistort()] if p.photometric else []
         if p.zoom_out:  # the canvas is the mean: 0 once normalised
@@ -153,6 +154,8 @@ class DetTrainTransform:
 
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from torchvision import tv_tensors
+
         h, w = image.shape[-2:]
         target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)), "labels": labels}
         x, out = self.transform(tv_tensors.Image(image), target)
@@ -163,6 +166,8 @@ class DetTrainTransform:
 def decode(sample: CocoSample) -> torch.Tensor:
     """uint8 ``(3, H, W)`` of a sample in the frame of its boxes (EXIF rotation undone where the JSON gives the
     stored size: see :mod:`.coco`); :class:`DataError` naming the file when it does not decode to that size."""
+    from torchvision.transforms import v2
+
     try:
         im = open_image(sample.image, 3)
         undo = exif_undo(sample.undo_exif)

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from torchvision.transforms import v2
 
 from ..errors import DataError
 from ..validators import check_choice, check_int, check_number, is_int, is_number, refuse
 from .names import is_folder_dataset
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -90,6 +92,10 @@ def open_image(path: str | os.PathLike, channels: int, draft: int | None = None)
 
 def load_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
     """:func:`open_image` as a uint8 tensor (C, H, W)."""
+    # torchvision is imported where it is used: importing it costs 1.5 s (it loads torch._dynamo), paid by every
+    # command that imports this module otherwise
+    from torchvision.transforms import v2
+
     return v2.functional.pil_to_tensor(open_image(path, channels))
 
 
@@ -191,6 +197,8 @@ class Preprocessing:
         r = self.resolution
         if self.resize == "square":
             return resize_square(image, r)
+        from torchvision.transforms import v2
+
         image = v2.functional.resize(image, [self.resize_short_side], antialias=True)
         return v2.functional.center_crop(image, [r, r])
 
@@ -215,6 +223,8 @@ class Preprocessing:
 def train_geometry(resolution: int, flip: bool = True) -> v2.Compose:
     """Training augmentation of image folders on uint8 (C, H, W): Inception-style random resized crop
     (scale 0.08-1, aspect 3/4-4/3) to R x R and a horizontal flip."""
+    from torchvision.transforms import v2
+
     steps: list[Any] = [v2.RandomResizedCrop(resolution, antialias=True)]
     if flip:
         steps.append(v2.RandomHorizontalFlip())

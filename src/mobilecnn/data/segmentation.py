@@ -32,8 +32,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from ..errors import DataError
 from ..validators import check_bool, check_int, check_number, refuse
@@ -156,11 +154,16 @@ class SegTrainTransform:
     pickle it). Randomness comes from torch's global generator (the caller seeds it)."""
 
     def __init__(self, crop_size: int, scale_range: tuple[float, float], flip: bool, fill: Sequence[int]) -> None:
+        from torchvision import tv_tensors  # torchvision loads torch._dynamo (1.5 s): imported when used
+
         self.crop_size, self.scale_range, self.flip = int(crop_size), tuple(scale_range), bool(flip)
         self.fill: dict[type | str, Any] = {tv_tensors.Image: tuple(int(f) for f in fill),
                                             tv_tensors.Mask: IGNORE_INDEX}
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
         short = min(image.shape[-2:])
         low = max(1, round(short * self.scale_range[0]))
         high = max(low + 1, round(short * self.scale_range[1]) + 1)  # RandomResize draws from [low, high)

@@ -14,7 +14,6 @@ import dataclasses
 import os
 
 import torch
-from torchvision.transforms import v2
 
 from ..errors import DataError
 from ..validators import check_choice, check_int
@@ -56,6 +55,8 @@ def segmentation_samples(folder: str | os.PathLike, resolution: int, split: str,
     index = subset_indices(len(pairs), count, seed, f"{split} export samples")
     chosen = pairs if index is None else [pairs[i] for i in index.tolist()]
     samples = check_pairs(chosen, n, source.labels_from)
+    from torchvision.transforms import v2  # torchvision loads torch._dynamo (1.5 s): imported when used
+
     images = torch.empty(len(samples), 3, resolution, resolution)
     masks = torch.empty(len(samples), resolution, resolution, dtype=torch.int64)
     for i, s in enumerate(samples):

@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import box_iou
 
 from ..data.images import MAX_RESOLUTION
 from ..errors import CheckpointError
@@ -184,6 +183,8 @@ SAME_CORNERS = 1e-4
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of boxes ``a`` (n, 4) and ``b`` (m, 4), with equal (even zero-area) boxes at 1 and no NaN."""
+    from torchvision.ops import box_iou  # here, not at the top: importing torchvision costs 1.5 s
+
     a, b = a.double(), b.double()
     iou = box_iou(a, b).nan_to_num(0.0)
     same = (a[:, None, :] - b[None, :, :]).abs().amax(-1) <= SAME_CORNERS

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import batched_nms, box_convert
 
 __all__ = ["AnchorSpec", "PostProcess", "Detections", "BOX_WEIGHTS", "boxes_per_cell", "layer_box_specs",
            "grid_anchors", "encode_boxes", "decode_boxes", "detect", "to_pixels"]
@@ -101,6 +100,8 @@ def grid_anchors(sizes: Sequence[tuple[int, int]], spec: AnchorSpec,
 
 def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Offsets ``(K, 4)`` that turn ``anchors`` (``cx, cy, w, h``) into ``boxes`` (``x1, y1, x2, y2``)."""
+    from torchvision.ops import box_convert  # here, not at the top: importing torchvision costs 1.5 s
+
     target = box_convert(boxes, "xyxy", "cxcywh")
     wx, wy, ww, wh = BOX_WEIGHTS
     return torch.stack([wx * (target[:, 0] - anchors[:, 0]) / anchors[:, 2],
@@ -150,6 +151,8 @@ def _detect_one(boxes: torch.Tensor, probs: torch.Tensor, post: PostProcess) -> 
     keep = top > post.score_threshold
     scores, anchor, cls = top[keep], anchor[keep], cls[keep]
     candidates = boxes[anchor]
+    from torchvision.ops import batched_nms  # here, not at the top: importing torchvision costs 1.5 s
+
     kept = batched_nms(candidates, scores, cls, post.nms_iou)[:post.max_detections]
     return Detections(candidates[kept], scores[kept], cls[kept] + 1)
 

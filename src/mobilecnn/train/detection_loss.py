@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import SSDMatcher
-from torchvision.ops import box_convert, box_iou
 
 from ..models.ssd_boxes import encode_boxes
 
@@ -42,6 +40,10 @@ class MultiBoxLoss(nn.Module):
 
     def __init__(self, anchors: torch.Tensor, neg_pos_ratio: int = NEG_POS_RATIO,
                  iou_threshold: float = IOU_THRESHOLD) -> None:
+        # torchvision loads torch._dynamo (1.5 s): imported here, by the commands that build a detection loss
+        from torchvision.models.detection._utils import SSDMatcher
+        from torchvision.ops import box_convert
+
         super().__init__()
         self.anchors: torch.Tensor
         self.anchor_corners: torch.Tensor
@@ -56,6 +58,8 @@ class MultiBoxLoss(nn.Module):
     def match(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per anchor: the class label (0 = background) and the encoded box of its ground truth (zeros where
         unmatched), each ``(N, A)`` / ``(N, A, 4)``."""
+        from torchvision.ops import box_iou
+
         n, a = targets.shape[0], self.anchors.shape[0]
         labels = torch.zeros(n, a, dtype=torch.int64, device=targets.device)
         boxes = torch.zeros(n, a, 4, dtype=torch.float32, device=targets.device)
