@@ -32,7 +32,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("train",),  # recipes, the loop, fine-tuning
     ("weights",),  # published checkpoints -> mobilecnn safetensors
     ("deploy",),  # export, int8, runtimes, predict
-    ("evaluate", "reproduce_measure", "reproduce", "reproduce_segmentation", "reproduce_detection"),  # the commands' library functions that use everything below
+    ("evaluate", "reproduce_measure", "reproduce", "reproduce_segmentation", "reproduce_detection", "reproduce_cost",
+     "reproduce_alexnet", "reproduce_mobilenet_v2"),  # the commands' library functions that use everything below
     (ROOT,),  # the public facade
     ("cli",),  # the command line
 ]

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
 __all__ = ["read_metrics", "plot_training_curves", "plot_confusion", "plot_reproduce", "plot_bench", "label_points",
-           "plot_per_class_iou", "save_overlay_png"]
+           "plot_per_class_iou", "save_overlay_png", "plot_curves"]
 
 
 #: The largest metrics.jsonl read (a record per epoch is about 1 KB).
@@ -215,6 +215,28 @@ def plot_reproduce(rows: Sequence, out_dir: str | Path) -> dict[str, Path]:
         ax.grid(alpha=0.3, axis="y")
         paths["table3_ablation"] = _save(fig, out / "table3_ablation.png")
     return paths
+
+
+def plot_curves(curves: dict[str, list[list[list[float]]]], panels: dict[str, tuple[str, Sequence[str]]],
+                out_png: str | Path, title: str) -> Path:
+    """Top-1 against training step, one panel per entry of ``panels`` (its title, the variants it shows): each
+    variant's seeds (``curves[variant]``: a list of ``[step, top1]`` points per seed) thin, their mean bold."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (key, (panel_title, variants)) in zip(axes[0], panels.items()):
+        for i, variant in enumerate(variants):
+            color = f"C{i}"
+            runs = [r for r in curves.get(variant, []) if r]
+            for run in runs:
+                ax.plot([p[0] for p in run], [p[1] for p in run], color=color, alpha=0.3, lw=0.8)
+            if runs and all(len(r) == len(runs[0]) for r in runs):
+                mean = np.mean([[p[1] for p in r] for r in runs], axis=0)
+                ax.plot([p[0] for p in runs[0]], mean, "o-", color=color, lw=2, label=variant)
+        ax.set(xlabel="training step", ylabel="top-1 (%)", title=f"{key}: {panel_title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, out_png)
 
 
 def plot_per_class_iou(per_class_iou: Sequence[float | None], class_names: Sequence[str], out_png: str | Path,

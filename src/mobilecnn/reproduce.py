@@ -1,5 +1,6 @@
 """``mobilecnn reproduce``: test the papers' claims on Fashion-MNIST (small-input stems, 32 px); the
-MobileNetV2 segmentation section is :mod:`mobilecnn.reproduce_segmentation`. Claims (ShuffleNet, arXiv 1707.01083):
+MobileNetV2 sections are :mod:`mobilecnn.reproduce_segmentation`, :mod:`mobilecnn.reproduce_detection` and
+:mod:`mobilecnn.reproduce_mobilenet_v2` (Figure 6, Table 4 and the cost claims). Claims (ShuffleNet, arXiv 1707.01083):
 
 * Table 5: at matched complexity ShuffleNet is more accurate than MobileNet V1, and the margin grows
   as the models shrink;
@@ -30,10 +31,11 @@ from .models import create_model, published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
 from .reproduce_detection import DET_FULL, DET_QUICK, run_detection
-from .reproduce_measure import auto_latency, onnx_latency, training_seconds
+from .reproduce_measure import auto_latency, onnx_latency, train_classifier, training_seconds
+from .reproduce_mobilenet_v2 import V2_FULL, V2_QUICK, run_mobilenet_v2
 from .reproduce_segmentation import SEG_FULL, SEG_QUICK, run_segmentation
 from .runs.layout import CONFIG_FILE
-from .train import TrainConfig, default_threads, train
+from .train import default_threads
 from .validators import is_number
 
 __all__ = ["ReproducePlan", "ReproduceConfig", "QUICK", "FULL", "run_reproduce", "rebuild_report", "TABLE5_LEVELS",
@@ -87,6 +89,7 @@ class ReproducePlan:
     classification: bool = True  # the ShuffleNet claims (Tables 3 and 5)
     segmentation: bool = True  # MobileNetV2 section 6.3 (reproduce_segmentation: SEG_QUICK or SEG_FULL)
     detection: bool = True  # MobileNetV2 section 6.2 (reproduce_detection: DET_QUICK or DET_FULL)
+    mobilenet_v2: bool = True  # MobileNetV2 Figure 6, Table 4, cost claims (reproduce_mobilenet_v2: V2_QUICK/V2_FULL)
     dense_seeds: int | None = None  # --seeds for those two sections too (None: their plans')
 
 
@@ -95,10 +98,11 @@ class ReproducePlan:
 #: docs/training.md).
 QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=6000,
                       batch_size=64, lr=0.3, bench_repeats=10, int8_check_images=1000, int8_calibration_images=256)
-#: 17 models x 3 seeds = 51 runs of 156 steps: 84 min on this 2-core machine (2 threads, idle).
-FULL = ReproducePlan("full", levels=3, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
-#: The plan's sections, one per task (``--task``).
-TASK_SECTIONS = ("classification", "segmentation", "detection")
+#: 17 models x 3 seeds = 51 runs of 156 steps took 84 min on this 2-core machine (2 threads, idle); the fourth
+#: level (MobileNet V1 1.0, ShuffleNet 2x: Table 4's models) adds 3 models.
+FULL = ReproducePlan("full", levels=4, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
+#: The plan's sections, one per task (``--task``); ``mobilenet_v2`` is the MobileNetV2 paper's claims.
+TASK_SECTIONS = ("classification", "segmentation", "detection", "mobilenet_v2")
 
 
 @dataclass
@@ -108,7 +112,8 @@ class ReproduceConfig:
     quick: bool = field(default=False, metadata=cli("a reduced set that finishes in minutes (default)",
                                                      exclusive="plan"))
     full: bool = field(default=False, metadata=cli(
-        "3 levels of Table 5, Table 3, 3 seeds (about 85 min on 2 cores)", exclusive="plan"))
+        "4 levels of Table 5, Table 3, 3 seeds, and the full MobileNetV2 sections (hours on 2 cores)",
+        exclusive="plan"))
     seeds: int | None = field(default=None, metadata=cli("override the number of seeds", type=positive_int))
     auto: bool = field(default=False, metadata=cli(
         "also `export --format auto` each seed-0 run: the fastest verified file's latency, runtime and precision "
@@ -123,7 +128,8 @@ class ReproduceConfig:
         "training device: auto, cpu, cuda, cuda:N or mps (latency is always measured on the CPU)"))
     task: str = field(default="all", metadata=cli(
         "classification (the ShuffleNet tables), segmentation (MobileNetV2 Table 7 and section 6.3), detection "
-        "(MobileNetV2 Tables 5, 6 and section 6.2) or all", choices=["all", *TASK_SECTIONS]))
+        "(MobileNetV2 Tables 5, 6 and section 6.2), mobilenet_v2 (Figure 6, Table 4, the cost claims) or all",
+        choices=["all", *TASK_SECTIONS]))
 
     def plan(self) -> ReproducePlan:
         """:data:`FULL` or :data:`QUICK` (the default), with this config's seeds, threads, device, auto and task."""
@@ -131,7 +137,7 @@ class ReproduceConfig:
         on = {t: self.task in ("all", t) for t in TASK_SECTIONS}
         return replace(base, seeds=self.seeds or base.seeds, threads=self.threads, device=self.device,
                        auto=self.auto or base.auto, dense_seeds=self.seeds, classification=on["classification"],
-                       segmentation=on["segmentation"], detection=on["detection"])
+                       segmentation=on["segmentation"], detection=on["detection"], mobilenet_v2=on["mobilenet_v2"])
 
     @property
     def out_dir(self) -> str:
@@ -201,14 +207,9 @@ def plan_models(plan: ReproducePlan) -> list[tuple[str, str, bool]]:
 
 def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_dir: Path,
                 callback: Callable[[str, dict], None] | None) -> dict[str, Any]:
-    cfg = TrainConfig(model=model, out=str(run_dir), epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
-                      subset=plan.subset, seed=seed, checkpoint_every=10**9, resume=(run_dir / CONFIG_FILE).exists(),
-                      threads=plan.threads, device=plan.device,
-                      model_kwargs={} if shuffle else {"shuffle": False})
-    t0 = time.perf_counter()
-    result = train(cfg, callback=callback)
-    result["wall_s"] = time.perf_counter() - t0
-    return result
+    options = {"epochs": plan.epochs, "batch_size": plan.batch_size, "lr": plan.lr, "subset": plan.subset,
+               "threads": plan.threads, "device": plan.device}
+    return train_classifier(run_dir, model, seed, options, {} if shuffle else {"shuffle": False}, callback)
 
 
 def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
@@ -247,8 +248,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
                                             if name in TABLE3_TOP1_ERROR else (pub.top1_error if pub else None)))
         for seed in range(plan.seeds):
             notify("model", {"index": index, "total": len(models), "key": key, "seed": seed})
-            run = _train_eval(name, shuffle, seed, plan, out / "runs" / f"{key}-seed{seed}",
-                              lambda ev, info: notify("train:" + ev, info))
+            run = _train_eval(name, shuffle, seed, plan, out / "runs" / f"{key}-seed{seed}", notify)
             res.top1.append(run["val_top1"])
             res.train_time_s.append(training_seconds(out / "runs" / f"{key}-seed{seed}"))
         first_run = out / "runs" / f"{key}-seed0"
@@ -269,6 +269,10 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         det = DET_FULL if plan.name == "full" else DET_QUICK
         run_detection(replace(det, seeds=plan.dense_seeds or det.seeds, threads=plan.threads, device=plan.device,
                               auto=plan.auto or det.auto), out, notify)
+    if plan.mobilenet_v2:
+        v2 = V2_FULL if plan.name == "full" else V2_QUICK
+        run_mobilenet_v2(replace(v2, seeds=plan.dense_seeds or v2.seeds, threads=plan.threads, device=plan.device),
+                         out, {r.model: r.top1 for r in results.values() if r.shuffle}, notify)
     elapsed = time.perf_counter() - started + reused_s
     return _write_report(plan, results, out, elapsed)
 
@@ -291,9 +295,11 @@ def _finished_model(out: Path, key: str, plan: ReproducePlan) -> tuple[ModelResu
     try:
         payload = json.loads(path.read_text())
         recorded, current = payload["plan"], json.loads(json.dumps(asdict(plan)))
-        # the training threads change the speed, not what is measured (latency is timed on one thread)
-        if ({k: v for k, v in recorded.items() if k != "threads"}
-                != {k: v for k, v in current.items() if k != "threads"}):
+        # neither the training threads (latency is timed on one thread) nor the other sections change what is
+        # measured of a classifier
+        ignored = {"threads", "dense_seeds", *TASK_SECTIONS}
+        if ({k: v for k, v in recorded.items() if k not in ignored}
+                != {k: v for k, v in current.items() if k not in ignored}):
             return None
         result = ModelResult(**payload["result"])
         seconds = float(payload["seconds"])
@@ -418,11 +424,11 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
 
 
 def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Path, elapsed: float) -> dict[str, Any]:
-    seg = "".join((out / f"{t}.md").read_text() + "\n" for t in ("segmentation", "detection")
+    seg = "".join((out / f"{t}.md").read_text() + "\n" for t in ("segmentation", "detection", "mobilenet_v2")
                   if getattr(plan, t) and (out / f"{t}.md").is_file())
     if not plan.classification:  # the dense sections alone
-        task = next((t for t in TASK_SECTIONS if getattr(plan, t)), "all") if plan.segmentation != plan.detection \
-            else "all"
+        chosen = [t for t in TASK_SECTIONS if getattr(plan, t)]
+        task = chosen[0] if len(chosen) == 1 else "all"
         threads = f" --threads {plan.threads}" if plan.threads else ""
         cmd = f"mobilecnn reproduce --{plan.name} --task {task}{threads} --out {out}"
         atomic_write_text(out / "report.md", f"# mobilecnn reproduce\n\nRegenerate: `{cmd}`.\n\n" + seg)

@@ -17,7 +17,8 @@ COMMANDS: dict[str, str] = {
     "tables": "regenerate the papers' complexity tables beside the published figures",
     "train": "train a model (Fashion-MNIST by default); works under torchrun",
     "eval": "top-1/top-5/per-class accuracy and confusion matrix of a trained run",
-    "reproduce": "test the papers' claims (Tables 3 and 5) on Fashion-MNIST; writes a report",
+    "reproduce": "test the papers' claims (ShuffleNet Tables 3 and 5; MobileNetV2 Figure 6, Tables 4-7, cost) and "
+                 "write a report",
     "export": "fold BN, export, and verify against PyTorch on real images",
     "bench": "latency/throughput on each backend, torchvision reference rows included",
     "predict": "top-k labels of image files (a directory: every image in it); segmentation models: masks, "
