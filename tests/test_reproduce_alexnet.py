@@ -11,6 +11,7 @@ import torchvision
 
 from mobilecnn.errors import ExportVerificationError
 from mobilecnn.reproduce_alexnet import ALEXNET_QUICK, AlexNetPlan, alexnet_markdown, run_alexnet
+from mobilecnn.reproduce_measure import FilesPlan
 
 
 def _json(result):
@@ -18,7 +19,7 @@ def _json(result):
 
 
 def test_the_quick_plan_times_onnx_fp32_only():
-    assert ALEXNET_QUICK.formats == ("onnx",) and ALEXNET_QUICK.precisions == ("fp32",)
+    assert ALEXNET_QUICK.files.formats == ("onnx",) and ALEXNET_QUICK.files.precisions == ("fp32",)
 
 
 def test_torchvision_alexnet_needs_63_px():
@@ -36,7 +37,7 @@ def test_mflops_and_a_failed_search(monkeypatch):
         raise ExportVerificationError("no runtime here")
 
     monkeypatch.setattr("mobilecnn.reproduce_measure.export_model", no_runtime)  # the one candidate
-    result = _json(run_alexnet(AlexNetPlan("none", formats=("onnx",), precisions=("fp32",))))
+    result = _json(run_alexnet(AlexNetPlan("none", files=FilesPlan(("onnx",), ("fp32",)))))
     alexnet, g3, g8 = result["models"]
     assert alexnet["mflops"] == pytest.approx(720, rel=0.01) and alexnet["paper_mflops"] == 720
     assert (g3["paper_mflops"], g8["paper_mflops"]) == (38, 40)  # the figures stored beside the models
@@ -52,8 +53,8 @@ def test_mflops_and_a_failed_search(monkeypatch):
 
 
 def test_alexnet_against_shufflenet_on_a_tiny_plan(one_thread):
-    plan = AlexNetPlan("tiny", shufflenets=("shufflenet_v1_g3_x0_5",), formats=("onnx",), precisions=("fp32",),
-                       seconds=0.2, pair_seconds=0.3)
+    plan = AlexNetPlan("tiny", shufflenets=("shufflenet_v1_g3_x0_5",), files=FilesPlan(("onnx",), ("fp32",),
+                                                                                        seconds=0.2, pair_seconds=0.3))
     result = _json(run_alexnet(plan))
     (pair,) = result["pairs"]
     median, lo, hi = pair["speedup"]

@@ -31,8 +31,9 @@ TINY = V2Plan("tiny", "mobilenet_v2_x0_35", seeds=1, epochs=2, images_per_epoch=
               lr=0.3, files=FilesPlan(formats=("onnx",), precisions=("fp32",), seconds=0.1, pair_seconds=0.2,
                                                          resolution=64),
               cost=CostPlan("count", shapes=(8,), formats=(), eager=False),
-              alexnet=AlexNetPlan("tiny", shufflenets=("shufflenet_v1_g3_x0_5",), formats=("onnx",),
-                                  precisions=("fp32",), seconds=0.1, pair_seconds=0.2, resolution=64), threads=1)
+              alexnet=AlexNetPlan("tiny", shufflenets=("shufflenet_v1_g3_x0_5",),
+                                  files=FilesPlan(("onnx",), ("fp32",), seconds=0.1, pair_seconds=0.2, resolution=64)),
+              threads=1)
 
 
 def test_the_plans():

@@ -25,7 +25,6 @@ from typing import Any
 from .analysis.complexity import profile
 from .deploy.run_export import export_run
 from .errors import DataError
-from .fields import cli, positive_int
 from .files import atomic_write_text
 from .models import create_model, published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
@@ -33,6 +32,16 @@ from .plots import plot_reproduce
 from .reproduce_detection import DET_FULL, DET_QUICK, run_detection
 from .reproduce_measure import auto_latency, onnx_latency, train_classifier, training_seconds
 from .reproduce_mobilenet_v2 import V2_FULL, V2_QUICK, run_mobilenet_v2
+from .reproduce_plan import (
+    FULL,
+    MOBILENET_V2,
+    QUICK,
+    TABLE3_MODELS,
+    TABLE5_LEVELS,
+    TASK_SECTIONS,
+    ReproduceConfig,
+    ReproducePlan,
+)
 from .reproduce_segmentation import SEG_FULL, SEG_QUICK, run_segmentation
 from .runs.layout import CONFIG_FILE
 from .train import default_threads
@@ -40,110 +49,6 @@ from .validators import is_number
 
 __all__ = ["ReproducePlan", "ReproduceConfig", "QUICK", "FULL", "run_reproduce", "rebuild_report", "TABLE5_LEVELS",
            "TABLE3_MODELS"]
-
-
-def _mobilenet_level(baseline: str) -> str:
-    """``0.25 MobileNet (41 MFLOPs)``: the width in the model's name, the MFLOPs its paper publishes."""
-    width = baseline.rsplit("_x", 1)[1].replace("_", ".")
-    pub = published(baseline)
-    assert pub is not None, f"{baseline} is registered with its published figures"
-    return f"{width} MobileNet ({pub.macs[224]:g} MFLOPs)"
-
-
-#: Table 5 levels: (label, the MobileNet V1 baseline, the ShuffleNets of matched complexity).
-TABLE5_LEVELS: list[tuple[str, str, list[str]]] = [
-    (_mobilenet_level(baseline), baseline, shufflenets) for baseline, shufflenets in (
-        ("mobilenet_v1_x0_25", ["shufflenet_v1_g4_x0_5", "shufflenet_v1_g3_x0_5_shallow"]),
-        ("mobilenet_v1_x0_5", ["shufflenet_v1_g8_x1_0"]),
-        ("mobilenet_v1_x0_75", ["shufflenet_v1_g3_x1_5"]),
-        ("mobilenet_v1_x1_0", ["shufflenet_v1_g3_x2_0"]),
-    )
-]
-#: Table 3: each is trained with and without the shuffle.
-TABLE3_MODELS: list[str] = list(TABLE3_TOP1_ERROR)
-MOBILENET_V2 = ["mobilenet_v2_x0_35", "mobilenet_v2_x0_5", "mobilenet_v2_x0_75", "mobilenet_v2_x1_0",
-                "mobilenet_v2_x1_4"]
-
-
-@dataclass
-class ReproducePlan:
-    name: str
-    levels: int  # how many Table 5 levels (from the smallest)
-    table3: list[str]
-    seeds: int
-    epochs: float
-    subset: int | None
-    # The full plan keeps what reports/full was run with (the fast recipe before its retune to 0.3@64), so the
-    # committed report stays reproducible with the command it prints.
-    batch_size: int = 128
-    lr: float = 0.1
-    bench_repeats: int = 20
-    int8: bool = True
-    int8_check_images: int = 10000
-    int8_calibration_images: int = 512  # training images the int8 ranges are calibrated on
-    threads: int | None = None  # training threads; None: the free cores, decided once at the start
-    device: str = "auto"  # training/evaluation device (--device); latency is always measured on the CPU
-    # export --format auto of the seed-0 run: the fastest verified file's latency beside fp32's; off by default
-    auto: bool = False
-    auto_seconds: float = 1.0
-    classification: bool = True  # the ShuffleNet claims (Tables 3 and 5)
-    segmentation: bool = True  # MobileNetV2 section 6.3 (reproduce_segmentation: SEG_QUICK or SEG_FULL)
-    detection: bool = True  # MobileNetV2 section 6.2 (reproduce_detection: DET_QUICK or DET_FULL)
-    mobilenet_v2: bool = True  # MobileNetV2 Figure 6, Table 4, cost claims (reproduce_mobilenet_v2: V2_QUICK/V2_FULL)
-    dense_seeds: int | None = None  # --seeds for those two sections too (None: their plans')
-
-
-#: The demo's plan (make demo): the current fast recipe (batch 64, peak lr 0.3) on 6,000 images; no per-model int8
-#: (23 s a model: the demo exports one run to int8 on its own), so that the whole demo, the MobileNetV2 section
-#: included, stays under 10 minutes on 2 cores (measured in docs/training.md).
-QUICK = ReproducePlan("quick", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=6000,
-                      batch_size=64, lr=0.3, bench_repeats=10, int8=False, int8_check_images=1000,
-                      int8_calibration_images=256)
-#: 17 models x 3 seeds = 51 runs of 156 steps took 84 min on this 2-core machine (2 threads, idle); the fourth
-#: level (MobileNet V1 1.0, ShuffleNet 2x: Table 4's models) adds 3 models.
-FULL = ReproducePlan("full", levels=4, table3=TABLE3_MODELS, seeds=3, epochs=1, subset=20000)
-#: The plan's sections, one per task (``--task``); ``mobilenet_v2`` is the MobileNetV2 paper's claims.
-TASK_SECTIONS = ("classification", "segmentation", "detection", "mobilenet_v2")
-
-
-@dataclass
-class ReproduceConfig:
-    """``mobilecnn reproduce``: which plan, changed how, written where."""
-
-    quick: bool = field(default=False, metadata=cli("a reduced set that finishes in minutes (default)",
-                                                     exclusive="plan"))
-    full: bool = field(default=False, metadata=cli(
-        "4 levels of Table 5, Table 3, 3 seeds, and the full MobileNetV2 sections (hours on 2 cores)",
-        exclusive="plan"))
-    seeds: int | None = field(default=None, metadata=cli("override the number of seeds", type=positive_int))
-    auto: bool = field(default=False, metadata=cli(
-        "also `export --format auto` each seed-0 run: the fastest verified file's latency, runtime and precision "
-        "beside fp32's (adds ~5 min per model on 2 busy cores; measured 4.8 min; the full plan's detection section "
-        "always does)"))
-    threads: int | None = field(default=None, metadata=cli("training threads (default: the free cores)",
-                                                           type=positive_int))
-    out: str | None = field(default=None, metadata=cli("output directory (default reports/quick or reports/full)"))
-    report_only: bool = field(default=False, metadata=cli(
-        "rewrite report.md and the plots from OUT/results.json without training"))
-    device: str = field(default="auto", metadata=cli(
-        "training device: auto, cpu, cuda, cuda:N or mps (latency is always measured on the CPU)"))
-    task: str = field(default="all", metadata=cli(
-        "classification (the ShuffleNet tables), segmentation (MobileNetV2 Table 7 and section 6.3), detection "
-        "(MobileNetV2 Tables 5, 6 and section 6.2), mobilenet_v2 (Figure 6, Table 4, the cost claims) or all",
-        choices=["all", *TASK_SECTIONS]))
-
-    def plan(self) -> ReproducePlan:
-        """:data:`FULL` or :data:`QUICK` (the default), with this config's seeds, threads, device, auto and task."""
-        base = FULL if self.full else QUICK
-        on = {t: self.task in ("all", t) for t in TASK_SECTIONS}
-        return replace(base, seeds=self.seeds or base.seeds, threads=self.threads, device=self.device,
-                       auto=self.auto or base.auto, dense_seeds=self.seeds, classification=on["classification"],
-                       segmentation=on["segmentation"], detection=on["detection"], mobilenet_v2=on["mobilenet_v2"])
-
-    @property
-    def out_dir(self) -> str:
-        """``out``, else ``reports/<plan name>``."""
-        return self.out or f"reports/{(FULL if self.full else QUICK).name}"
 
 
 @dataclass
@@ -163,6 +68,7 @@ class ModelResult:
     auto_choice: str = ""  # "runtime precision" of the file auto kept, or why none
     auto_time_s: float | None = None
     train_time_s: list[float] = field(default_factory=list)
+    long_top1: list[float] = field(default_factory=list)  # at the plan's long_epochs (its long_keys only)
     paper_mflops: float | None = None
     paper_top1_error: float | None = None
 
@@ -208,9 +114,12 @@ def plan_models(plan: ReproducePlan) -> list[tuple[str, str, bool]]:
 
 def _train_eval(model: str, shuffle: bool, seed: int, plan: ReproducePlan, run_dir: Path,
                 callback: Callable[[str, dict], None] | None) -> dict[str, Any]:
-    options = {"epochs": plan.epochs, "batch_size": plan.batch_size, "lr": plan.lr, "subset": plan.subset,
-               "threads": plan.threads, "device": plan.device}
-    return train_classifier(run_dir, model, seed, options, {} if shuffle else {"shuffle": False}, callback)
+    return train_classifier(run_dir, model, seed, _options(plan), {} if shuffle else {"shuffle": False}, callback)
+
+
+def _options(plan: ReproducePlan) -> dict[str, Any]:
+    return {"epochs": plan.epochs, "batch_size": plan.batch_size, "lr": plan.lr, "subset": plan.subset,
+            "threads": plan.threads, "device": plan.device}
 
 
 def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
@@ -262,6 +171,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         results[key] = res
         _record_finished_model(out, res, plan, time.perf_counter() - model_started)
         notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
+    _train_longer(plan, models, results, out, notify)
     if plan.segmentation:
         seg = SEG_FULL if plan.name == "full" else SEG_QUICK
         run_segmentation(replace(seg, seeds=plan.dense_seeds or seg.seeds, threads=plan.threads, device=plan.device,
@@ -276,6 +186,22 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
                          out, {r.model: r.top1 for r in results.values() if r.shuffle}, notify)
     elapsed = time.perf_counter() - started + reused_s
     return _write_report(plan, results, out, elapsed)
+
+
+def _train_longer(plan: ReproducePlan, models: list[tuple[str, str, bool]], results: dict[str, ModelResult],
+                  out: Path, notify: Callable[[str, dict[str, Any]], None]) -> None:
+    """The plan's ``long_keys`` trained again at ``long_epochs`` (finished runs are resumed as they are)."""
+    if not plan.long_epochs:
+        return
+    longer = replace(plan, epochs=plan.long_epochs)
+    for index, (key, name, shuffle) in enumerate(m for m in models if m[0] in plan.long_keys):
+        results[key].long_top1 = []
+        for seed in range(plan.seeds):
+            notify("model", {"index": index, "total": len(plan.long_keys), "key": f"{key} ({plan.long_epochs:g} "
+                             "epochs)", "seed": seed})
+            run_dir = out / "runs" / f"{key}@{plan.long_epochs:g}ep-seed{seed}"
+            run = train_classifier(run_dir, name, seed, _options(longer), {} if shuffle else {"shuffle": False}, notify)
+            results[key].long_top1.append(run["val_top1"])
 
 
 def _finished_model_file(out: Path, key: str) -> Path:
@@ -424,6 +350,17 @@ def _claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
     return lines
 
 
+def _long_claims(results: dict[str, ModelResult], plan: ReproducePlan) -> list[str]:
+    """The Table 3 and margin claims again at the longer budget: does more training change the verdict?"""
+    longer = {k: replace(r, top1=r.long_top1, latency_ms=None) for k, r in results.items() if r.long_top1}
+    if not longer:
+        return []
+    lines = [line for line in _claims(longer, plan) if not line.startswith("  ")]
+    return ["", f"### The same claims at {plan.long_epochs:g} epochs over the same {plan.subset or 60000:,} images",
+            "", f"Budget: {plan.long_epochs:g}x the one above, same recipe and seeds, for {len(longer)} models (the "
+            "Table 3 pairs and levels listed); the verdicts above are at 1x.", "", *lines]
+
+
 def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Path, elapsed: float) -> dict[str, Any]:
     seg = "".join((out / f"{t}.md").read_text() + "\n" for t in ("segmentation", "detection", "mobilenet_v2")
                   if getattr(plan, t) and (out / f"{t}.md").is_file())
@@ -462,6 +399,7 @@ def _write_report(plan: ReproducePlan, results: dict[str, ModelResult], out: Pat
         "than 2 standard errors (from the seed-to-seed spread) is marked as within seed noise.",
         "",
         *_claims(results, plan),
+        *_long_claims(results, plan),
         "",
         "## Models",
         "",

@@ -44,25 +44,18 @@ SHUFFLENETS = ("shufflenet_v1_g3_x0_5", "shufflenet_v1_g8_x0_5")
 
 @dataclass(frozen=True)
 class AlexNetPlan:
-    """``export --format auto`` of AlexNet and ``shufflenets`` over ``formats`` (None: every installed one) x
-    ``precisions`` (None: every one offered), ``seconds`` of timing per candidate; then ``pair_seconds`` of paired
-    timing per best file."""
+    """AlexNet against ``shufflenets``: each network's best file and the paired timing as ``files`` says (its
+    ``resolution`` is the side the files are timed at; the MFLOPs are counted at the paper's 224)."""
 
     name: str
     shufflenets: tuple[str, ...] = SHUFFLENETS
-    formats: tuple[str, ...] | None = None
-    precisions: tuple[str, ...] | None = None
-    seconds: float = 1.0
-    pair_seconds: float = 2.0
-    threads: int = 1
-    calibration_images: int = 32
-    resolution: int = 224  # the side the files are timed at (the paper's; the MFLOPs are counted at 224)
+    files: FilesPlan = FilesPlan(calibration_images=32)
 
 
-#: onnxruntime fp32 only (int8 calibration of AlexNet would double the time): about 60 s on 2 cores.
-ALEXNET_QUICK = AlexNetPlan("quick", formats=("onnx",), precisions=("fp32",), seconds=0.5, pair_seconds=1.0)
+#: onnxruntime fp32 only (int8 calibration of AlexNet would double the time): about 20 s on 2 cores.
+ALEXNET_QUICK = AlexNetPlan("quick", files=FilesPlan(("onnx",), ("fp32",), seconds=0.5, pair_seconds=1.0))
 #: Every installed format and precision.
-ALEXNET_FULL = AlexNetPlan("full", seconds=1.0, pair_seconds=2.0)
+ALEXNET_FULL = AlexNetPlan("full", files=FilesPlan(seconds=1.0, pair_seconds=2.0, calibration_images=32))
 
 
 def _alexnet_sides(net: nn.Module, sides: tuple[int, ...] = (32, 62, 63, 64)) -> dict[str, str]:
@@ -107,7 +100,7 @@ def _pair(per: dict[str, list[float]], info: dict[str, Any], s: dict[str, Any]) 
 
 def run_alexnet(plan: AlexNetPlan = ALEXNET_QUICK, progress: Progress = None) -> dict[str, Any]:
     """The ShuffleNet-vs-AlexNet claim (module docstring): MFLOPs, each network's best file, the paired speed-up."""
-    check_plan(min(plan.seconds, plan.pair_seconds), plan.threads)
+    check_plan(min(plan.files.seconds, plan.files.pair_seconds), plan.files.threads)
     notify = progress or (lambda event, info: None)
     started = time.perf_counter()
     import torchvision  # only this claim needs it (importing it costs 1.5 s)
@@ -116,13 +109,12 @@ def run_alexnet(plan: AlexNetPlan = ALEXNET_QUICK, progress: Progress = None) ->
             **{n: create_model(n, num_classes=1000).eval() for n in plan.shufflenets}}
     info = {name: _mflops(name, net) for name, net in nets.items()}
     sides = _alexnet_sides(nets["alexnet"])
-    files = best_files_paired(nets, FilesPlan(plan.formats, plan.precisions, plan.seconds, plan.pair_seconds,
-                                              plan.threads, plan.calibration_images, plan.resolution),
+    files = best_files_paired(nets, plan.files,
                               lambda event, data: notify("alexnet:" + event, data))
     for name, found in files["models"].items():
         info[name].update(found)
     pairs = [_pair(files["per_round_ms"], info, info[n]) for n in plan.shufflenets]
-    return {"claim": "shufflenet_vs_alexnet", "plan": asdict(plan), "resolution": plan.resolution,
+    return {"claim": "shufflenet_vs_alexnet", "plan": asdict(plan), "resolution": plan.files.resolution,
             "paper": {"alexnet_mflops": ALEXNET_PAPER_MFLOPS, "speedup": ALEXNET_PAPER_SPEEDUP,
                       "flops_ratio": ALEXNET_PAPER_FLOPS_RATIO},
             "models": list(info.values()), "pairs": pairs, "rounds": files["rounds"], "alexnet_input_sides": sides,
@@ -132,8 +124,8 @@ def run_alexnet(plan: AlexNetPlan = ALEXNET_QUICK, progress: Progress = None) ->
 def alexnet_markdown(result: dict[str, Any]) -> str:
     """The ``### ShuffleNet 0.5x vs AlexNet`` section: MFLOPs, best files, the paired speed-ups and verdicts."""
     plan, paper = result["plan"], result["paper"]
-    formats = ", ".join(plan["formats"] or ["every installed format"])
-    precisions = ", ".join(plan["precisions"] or ["every precision offered"])
+    formats = ", ".join(plan["files"]["formats"] or ["every installed format"])
+    precisions = ", ".join(plan["files"]["precisions"] or ["every precision offered"])
     lines = ["### ShuffleNet 0.5x vs AlexNet: MFLOPs and speed (ShuffleNet paper section 4.5, Table 8)", "",
              f"Paper: ShuffleNet 0.5x matches AlexNet's accuracy with ~{paper['flops_ratio']:g}x fewer MFLOPs "
              f"(AlexNet {paper['alexnet_mflops']:g}) and runs ~{paper['speedup']:g}x faster on an ARM phone. "
@@ -141,7 +133,8 @@ def alexnet_markdown(result: dict[str, Any]) -> str:
              f"convention); each network's best file from `export --format auto` over {formats} x {precisions} "
              "(fp32 files verified against PyTorch; untrained weights and random-normal images, so bf16/int8 "
              f"accuracy is NOT judged); AlexNet's best timed against each ShuffleNet's best; "
-             f"{conditions(result, 'each best file at its own precision')}, {result['resolution']} px inputs. "
+             f"{conditions(result, plan['files']['threads'], 'each best file at its own precision')}, "
+             f"{result['resolution']} px inputs. "
              f"\"About {paper['speedup']:g}x\" is held within {ALEXNET_PAPER_SPEEDUP / SPEEDUP_TOLERANCE:.1f}x-"
              f"{ALEXNET_PAPER_SPEEDUP * SPEEDUP_TOLERANCE:.1f}x. Took {result['elapsed_s']:.0f} s.", "",
              "| model | MFLOPs counted | MFLOPs paper | params (M) | candidates (auto's latency, ms) | best file | "

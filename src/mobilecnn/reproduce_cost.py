@@ -263,10 +263,10 @@ def ratio_text(r: list[float] | None) -> str:
     return "-" if not r else f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]"
 
 
-def conditions(result: dict[str, Any], precision: str = "fp32") -> str:
+def conditions(result: dict[str, Any], threads: int, precision: str = "fp32") -> str:
     m = result["machine"]
     cpu = m.get("cpu") or m.get("platform")
-    return (f"batch 1, {result['plan']['threads']} thread(s), {precision}, this CPU ({cpu}, load average "
+    return (f"batch 1, {threads} thread(s), {precision}, this CPU ({cpu}, load average "
             f"{m['loadavg'][0]:.2f} at the end), paired interleaved timing (shuffled rounds of short "
             "bursts; ratio = median over rounds with a 95% bootstrap interval); indicative only on a shared machine")
 
@@ -280,7 +280,7 @@ def cost_markdown(result: dict[str, Any]) -> str:
              f"-{band[1]:.2f}x, the paper's 8-9x widened to the cost ratios of MobileNet V1's layers). Shapes: the "
              f"distinct depthwise-separable layers of `{result['model']}` at 224 px, as bare convs (no BN/ReLU/bias); "
              "files written by the project's exporter and verified against PyTorch; "
-             f"{conditions(result)}. MAdds counted by `count_macs` "
+             f"{conditions(result, result['plan']['threads'])}. MAdds counted by `count_macs` "
              f"{'equal' if result['all_formula_ok'] else 'DIFFER from'} the formula on every shape; took "
              f"{result['elapsed_s']:.0f} s. h, w: the output side; MAdds/byte: fp32 arithmetic intensity, each tensor "
              "moved once; the depthwise conv alone is timed in the same rounds (pointwise = separable - depthwise).",

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ..evaluate import EvalConfig, run_eval
-from ..reproduce import ReproduceConfig, rebuild_report, run_reproduce
+from ..reproduce_plan import ReproduceConfig
 from ..train import TrainConfig, train
 from .commands import help_of
 from .console import err, out, safe
@@ -153,6 +153,8 @@ def _print_detection_eval(result: dict) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from ..reproduce import rebuild_report, run_reproduce  # the sections load when the command runs
+
     cfg = config_from_args(ReproduceConfig, args)
     if cfg.report_only:
         summary = rebuild_report(cfg.out_dir)
