@@ -7,11 +7,8 @@ from pathlib import Path
 import pytest
 
 from mobilecnn.reproduce import QUICK, ReproducePlan, plan_models, rebuild_report, run_reproduce
-from mobilecnn.reproduce_alexnet import AlexNetPlan
-from mobilecnn.reproduce_cost import CostPlan
 from mobilecnn.reproduce_detection import DetPlan
-from mobilecnn.reproduce_measure import FilesPlan
-from mobilecnn.reproduce_mobilenet_v2 import TABLE4, V2Plan
+from mobilecnn.reproduce_mobilenet_v2 import TABLE4
 from mobilecnn.reproduce_segmentation import SegPlan
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -46,12 +43,15 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes, de
     # and the detection section: SSDLite on MobileNetV2 for a few steps on the small scenes
     monkeypatch.setattr(rep, "DET_QUICK", DetPlan("quick", ("mnv2_ssdlite",), seeds=1, epochs=0.5, resolution=64,
                                                   val_subset=4, bench_repeats=2, data=str(det_scenes)))
-    # and the MobileNetV2 claims: Figure 6 for two tiny epochs, ONNX fp32 files at 64 px, counting-only cost claim
-    files = FilesPlan(formats=("onnx",), precisions=("fp32",), seconds=0.1, pair_seconds=0.2, resolution=64)
-    monkeypatch.setattr(rep, "V2_QUICK", V2Plan(
-        "quick", "mobilenet_v2_x0_35", seeds=1, epochs=2, images_per_epoch=128, val_subset=128, batch_size=64,
-        files=files, cost=CostPlan("count", shapes=(8,), formats=(), eager=False),
-        alexnet=AlexNetPlan("tiny", ("shufflenet_v1_g3_x0_5",), files)))
+    # and the MobileNetV2 section (run for real in tests/test_reproduce_mobilenet_v2.py): what it is given and where
+    # its report goes
+    given = {}
+
+    def fake_v2(v2_plan, out, top1, notify):
+        given.update(plan=v2_plan, top1=top1)
+        (Path(out) / "mobilenet_v2.md").write_text("## MobileNetV2 claims\n\n### Figure 6\n")
+
+    monkeypatch.setattr(rep, "run_mobilenet_v2", fake_v2)
     plan = ReproducePlan("test", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=1, epochs=1, subset=256,
                          bench_repeats=2, int8_check_images=300, int8_calibration_images=64, long_epochs=2,
                          long_keys=("shufflenet_v1_g8_x0_5", "shufflenet_v1_g8_x0_5+noshuffle"))
@@ -62,7 +62,9 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes, de
     det = (tmp_path / "detection.md").read_text()
     assert "## Detection: SSDLite" in det and det in (tmp_path / "report.md").read_text()
     v2 = (tmp_path / "mobilenet_v2.md").read_text()
-    assert "### Figure 6" in v2 and "### Table 4" in v2 and v2 in (tmp_path / "report.md").read_text()
+    assert v2 in (tmp_path / "report.md").read_text() and given["plan"].name == "quick"
+    # Table 4 reads the classification runs' top-1 by model (the shuffled ones only)
+    assert set(given["top1"]) == {"mobilenet_v1_x0_25", "shufflenet_v1_g8_x0_5", "mobilenet_v2_x0_35"}
     text = Path(summary["report"]).read_text()
     assert "mobilecnn reproduce --test" in text and "## Claims" in text
     assert "Table 5, 0.25 MobileNet" in text and "Table 3, shufflenet_v1_g8_x0_5" in text
