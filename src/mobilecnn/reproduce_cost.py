@@ -37,7 +37,7 @@ from .analysis.complexity import conv_kind, count_macs
 from .deploy.export import ExportConfig, ExportImages, export_model
 from .deploy.formats import FORMATS, installed_formats, load_runtime
 from .deploy.timing import bootstrap_ratio, machine_info, paired_times
-from .errors import MobileCNNError, UsageError
+from .errors import UsageError
 from .models import create_model
 
 __all__ = ["CostPlan", "COST_QUICK", "COST_FULL", "run_cost", "cost_markdown", "conditions", "ratio_text", "check_plan"]
@@ -49,7 +49,6 @@ MNV1 = "mobilenet_v1_x1_0"
 PAPER_COST_RATIO = (8.0, 9.0)
 EAGER = "pytorch eager"  # the runtime name of eager PyTorch in the cost table (not an exported format)
 
-_FAILURES = (MobileCNNError, ValueError, ImportError, RuntimeError, OSError)
 
 
 @dataclass(frozen=True)
