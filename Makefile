@@ -56,7 +56,7 @@ demo: setup
 		--out $(DEMO)/export/shufflenet_int8.onnx
 	$(BIN)/python examples/demo_images.py $(DEMO)/images
 	$(BIN)/mobilecnn predict $(DEMO)/images --model $(DEMO)/export/shufflenet_int8.onnx --topk 2
-	$(BIN)/mobilecnn bench $(DEMO_RUN) --backend eager onnxruntime --out $(DEMO)/bench
+	$(BIN)/mobilecnn bench $(DEMO_RUN) --backend eager onnxruntime --repeats 10 --out $(DEMO)/bench
 	$(BIN)/mobilecnn data scenes --task segmentation --out $(DEMO)/scenes --train-count 1 --val-count 4 --seed 7
 	$(BIN)/mobilecnn export $(SEG_RUN) --format onnx --out $(DEMO)/export/deeplabv3.onnx
 	$(BIN)/mobilecnn predict $(DEMO)/scenes/JPEGImages --model $(DEMO)/export/deeplabv3.onnx --out $(DEMO)/segmentation

@@ -33,7 +33,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("weights",),  # published checkpoints -> mobilecnn safetensors
     ("deploy",),  # export, int8, runtimes, predict
     ("evaluate", "reproduce_measure", "reproduce", "reproduce_segmentation", "reproduce_detection", "reproduce_cost",
-     "reproduce_alexnet", "reproduce_mobilenet_v2", "reproduce_plan"),  # the commands' library functions that use everything below
+     "reproduce_alexnet", "reproduce_mobilenet_v2", "reproduce_plan", "reproduce_report"),  # the commands' library functions that use everything below
     (ROOT,),  # the public facade
     ("cli",),  # the command line
 ]
