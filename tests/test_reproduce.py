@@ -8,7 +8,9 @@ import pytest
 
 from mobilecnn.reproduce import QUICK, ReproducePlan, plan_models, rebuild_report, run_reproduce
 from mobilecnn.reproduce_detection import DetPlan
+from mobilecnn.reproduce_measure import training_seconds
 from mobilecnn.reproduce_mobilenet_v2 import TABLE4
+from mobilecnn.reproduce_report import load_classification
 from mobilecnn.reproduce_segmentation import SegPlan
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -89,6 +91,10 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes, de
     again = run_reproduce(replace(plan, mobilenet_v2=False), tmp_path)
     recorded = sum(json.loads(f.read_text())["seconds"] for f in (tmp_path / "runs").glob("*.result.json"))
     assert again["elapsed_s"] >= recorded > 0  # the total still counts the recorded work
+    # the longer budget's runs were resumed, not trained again: its time still counts their recorded training
+    longer_runs = sorted((tmp_path / "runs").glob("*@2ep-seed0"))
+    assert len(longer_runs) == 2
+    assert load_classification(tmp_path).longer_s >= sum(training_seconds(r) for r in longer_runs) > 0
     # a plan that measures differently measures again
     with pytest.raises(AssertionError, match="measured again"):
         run_reproduce(replace(plan, int8_check_images=200, mobilenet_v2=False), tmp_path)

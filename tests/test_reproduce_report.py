@@ -2,15 +2,22 @@
 that a section run alone (``--task``) replaces only its own part and loses nothing."""
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import pytest
 
 from mobilecnn.errors import DataError
 from mobilecnn.reproduce import rebuild_report, run_reproduce
-from mobilecnn.reproduce_plan import ReproducePlan
-from mobilecnn.reproduce_report import Classification, ModelResult, load_classification, write_report
+from mobilecnn.reproduce_plan import FULL, OPTION_FIELDS, ReproduceConfig, ReproducePlan
+from mobilecnn.reproduce_report import (
+    Classification,
+    ModelResult,
+    _command,
+    _plan_changed,
+    load_classification,
+    write_report,
+)
 from mobilecnn.reproduce_segmentation import SEG_FULL, SegResult
 
 PLAN = ReproducePlan("full", levels=1, table3=["shufflenet_v1_g8_x0_5"], seeds=2, epochs=1, subset=256, threads=2)
@@ -95,3 +102,33 @@ def test_the_longer_budget_alone_needs_the_classification_section(tmp_path):
     write_report(quick, tmp_path, replace(_classification(), plan=quick))  # another plan's section: not borrowed
     with pytest.raises(DataError, match="none of the full plan"):
         run_reproduce(longer_only, tmp_path)
+
+
+def test_a_recorded_section_names_what_its_plan_now_runs_differently():
+    # what the command line sets is exactly OPTION_FIELDS: the rest is the plan's definition
+    cfg = ReproduceConfig(full=True, seeds=1, threads=2, device="cpu", auto=True, task="detection")
+    changed = {f.name for f in fields(ReproducePlan) if getattr(cfg.plan(), f.name) != getattr(FULL, f.name)}
+    assert changed == set(OPTION_FIELDS) - {"detection"}
+    # options chosen on the command line are not a new definition, and the printed command repeats them
+    chosen = cfg.plan()
+    assert _plan_changed(chosen) == ""
+    assert _command(chosen, Path("r"), "classification") == (
+        "mobilecnn reproduce --full --task classification --seeds 1 --threads 2 --device cpu --auto --out r")
+    # a section measured under an earlier definition is told what the command runs now (long values summarised)
+    note = _plan_changed(replace(FULL, levels=3, long_epochs=0.0, long_keys=()))
+    assert "earlier definition of the full plan" in note and "levels 4" in note and "long_epochs 3" in note
+    assert f"long_keys ({len(FULL.long_keys)} entries)" in note
+
+
+def test_the_section_names_the_machine_its_latencies_were_measured_on(tmp_path):
+    c = _classification()
+    for r in c.results.values():
+        r.cpu = "AMD EPYC, 2 CPUs, avx512_bf16"
+    text = Path(write_report(PLAN, tmp_path, c)["report"]).read_text()
+    assert "median. Measured on AMD EPYC, 2 CPUs, avx512_bf16." in text and "machines" not in text
+    # resumed on another machine: said, with the models each one measured
+    c.results["mobilenet_v1_x0_25"].cpu = "Intel Xeon, 2 CPUs, amx_bf16"
+    text = Path(write_report(PLAN, tmp_path, c)["report"]).read_text()
+    assert "**The models were measured on 2 machines**" in text
+    assert "Intel Xeon, 2 CPUs, amx_bf16: `mobilenet_v1_x0_25`;" in text
+    assert load_classification(tmp_path).results["mobilenet_v1_x0_25"].cpu.startswith("Intel")

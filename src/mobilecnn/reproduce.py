@@ -23,6 +23,7 @@ from typing import Any
 
 from .analysis.complexity import profile
 from .deploy.run_export import export_run
+from .deploy.timing import machine_label
 from .errors import DataError
 from .files import atomic_write_text, read_json_object
 from .models import create_model, published
@@ -37,6 +38,7 @@ from .reproduce_plan import (
     TABLE3_MODELS,
     TABLE5_LEVELS,
     TASK_SECTIONS,
+    UNMEASURED_FIELDS,
     ReproduceConfig,
     ReproducePlan,
 )
@@ -98,7 +100,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
     models = plan_models(plan) if plan.classification else []
     results: dict[str, ModelResult] = {}
     started = time.perf_counter()
-    reused_s = 0.0  # measuring time of the models taken from an earlier invocation, counted in the report's total
+    reused_s = 0.0  # time an earlier invocation spent on what this one reuses, counted in the report's total
     for index, (key, name, shuffle) in enumerate(models):
         cached = _finished_model(out, key, plan)
         if cached is not None:
@@ -111,6 +113,7 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         res = _model_result(key, name, shuffle)
         for seed in range(plan.seeds):
             notify("model", {"index": index, "total": len(models), "key": key, "seed": seed})
+            reused_s += training_seconds(out / "runs" / f"{key}-seed{seed}")  # an interrupted run's, resumed below
             run = _train_eval(name, shuffle, seed, plan, out / "runs" / f"{key}-seed{seed}", notify)
             res.top1.append(run["val_top1"])
             res.train_time_s.append(training_seconds(out / "runs" / f"{key}-seed{seed}"))
@@ -142,7 +145,8 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
         run_mobilenet_v2(replace(v2, seeds=plan.dense_seeds or v2.seeds, threads=plan.threads, device=plan.device),
                          out, {r.model: r.top1 for r in trained.values() if r.shuffle}, notify)
     _refresh_sections(out, classification, dense=False)
-    return write_report(plan, out, classification if plan.classification or plan.longer else None)
+    # the classification section, when run now, is already in results.json: this joins the sections written since
+    return write_report(plan, out, None)
 
 
 def _refresh_sections(out: Path, classification: Classification | None, dense: bool = True) -> None:
@@ -187,6 +191,7 @@ def _model_result(key: str, name: str, shuffle: bool) -> ModelResult:
 
 def _measure(res: ModelResult, first_run: Path, plan: ReproducePlan) -> None:
     """The seed-0 run's ONNX latency, int8 accuracy and best file, as the plan asks."""
+    res.cpu = machine_label()
     res.latency_ms = onnx_latency(first_run, 32, plan.bench_repeats)
     if plan.int8:
         res.int8_top1, res.int8_fp32_top1, res.int8_note = _int8(first_run, plan)
@@ -204,6 +209,7 @@ def _train_longer(plan: ReproducePlan, classification: Classification | None, ou
                         f"none of the {plan.name} plan: run `mobilecnn reproduce --{plan.name} --task classification "
                         f"--out {out}` first")
     started = time.perf_counter()
+    earlier_s = 0.0  # the training an interrupted invocation recorded in the runs resumed below
     recorded = replace(classification.plan, long_epochs=plan.long_epochs, long_keys=plan.long_keys)
     longer = replace(recorded, epochs=plan.long_epochs, threads=plan.threads, device=plan.device)
     chosen = [classification.results[k] for k in plan.long_keys if k in classification.results]
@@ -213,9 +219,10 @@ def _train_longer(plan: ReproducePlan, classification: Classification | None, ou
             notify("model", {"index": index, "total": len(chosen), "key": f"{res.key} ({plan.long_epochs:g} epochs)",
                              "seed": seed})
             run_dir = out / "runs" / f"{res.key}@{plan.long_epochs:g}ep-seed{seed}"
+            earlier_s += training_seconds(run_dir)
             run = train_classifier(run_dir, res.model, seed, _options(longer), _kwargs(res.shuffle), notify)
             res.long_top1.append(run["val_top1"])
-    return replace(classification, plan=recorded, longer_s=time.perf_counter() - started)
+    return replace(classification, plan=recorded, longer_s=time.perf_counter() - started + earlier_s)
 
 
 def _finished_model_file(out: Path, key: str) -> Path:
@@ -236,11 +243,8 @@ def _finished_model(out: Path, key: str, plan: ReproducePlan) -> tuple[ModelResu
     try:
         payload = json.loads(path.read_text())
         recorded, current = payload["plan"], json.loads(json.dumps(asdict(plan)))
-        # neither the training threads (latency is timed on one thread) nor the other sections change what is
-        # measured of a classifier
-        ignored = {"threads", "dense_seeds", *TASK_SECTIONS}
-        if ({k: v for k, v in recorded.items() if k not in ignored}
-                != {k: v for k, v in current.items() if k not in ignored}):
+        if ({k: v for k, v in recorded.items() if k not in UNMEASURED_FIELDS}
+                != {k: v for k, v in current.items() if k not in UNMEASURED_FIELDS}):
             return None
         result = ModelResult(**payload["result"])
         seconds = float(payload["seconds"])

@@ -10,8 +10,8 @@ from .fields import cli, positive_int
 from .models import published
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 
-__all__ = ["ReproducePlan", "ReproduceConfig", "QUICK", "FULL", "TASK_SECTIONS", "TABLE5_LEVELS", "TABLE3_MODELS",
-           "MOBILENET_V2"]
+__all__ = ["ReproducePlan", "ReproduceConfig", "QUICK", "FULL", "TASK_SECTIONS", "OPTION_FIELDS", "UNMEASURED_FIELDS",
+           "TABLE5_LEVELS", "TABLE3_MODELS", "MOBILENET_V2"]
 
 
 def _mobilenet_level(baseline: str) -> str:
@@ -91,6 +91,13 @@ FULL = ReproducePlan("full", levels=4, table3=TABLE3_MODELS, seeds=3, epochs=1, 
                      long_keys=LONG_KEYS)
 #: The plan's sections, one per task (``--task``); ``mobilenet_v2`` is the MobileNetV2 paper's claims.
 TASK_SECTIONS = ("classification", "longer", "segmentation", "detection", "mobilenet_v2")
+#: The fields :meth:`ReproduceConfig.plan` sets from the command line; the others define the plan, and a recorded
+#: section whose definition differs from today's is flagged in its report.
+OPTION_FIELDS = ("seeds", "threads", "device", "auto", "dense_seeds", *TASK_SECTIONS)
+#: The fields that do not change what the classification section measures of a model, so a model recorded under
+#: another value is reused: the training threads (latency is timed on one thread), the dense sections' seeds, which
+#: sections run, and the longer budget (trained in runs of its own).
+UNMEASURED_FIELDS = ("threads", "dense_seeds", "long_epochs", "long_keys", *TASK_SECTIONS)
 
 
 @dataclass

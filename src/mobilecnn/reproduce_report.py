@@ -16,7 +16,7 @@ from .errors import DataError
 from .files import atomic_write_text
 from .models.shufflenet_v1 import TABLE3_TOP1_ERROR
 from .plots import plot_reproduce
-from .reproduce_plan import FULL, MOBILENET_V2, QUICK, TABLE5_LEVELS, ReproducePlan
+from .reproduce_plan import FULL, MOBILENET_V2, OPTION_FIELDS, QUICK, TABLE5_LEVELS, ReproducePlan
 from .validators import is_number
 
 __all__ = ["ModelResult", "Classification", "SECTION_FILES", "load_classification", "write_report",
@@ -47,6 +47,7 @@ class ModelResult:
     long_top1: list[float] = field(default_factory=list)  # at the plan's long_epochs (its long_keys only)
     paper_mflops: float | None = None
     paper_top1_error: float | None = None
+    cpu: str = ""  # the machine its latency and int8 check were measured on (deploy.timing.machine_label)
 
     @property
     def mean(self) -> float:
@@ -97,11 +98,13 @@ def load_classification(out: Path) -> Classification | None:
 
 
 def _command(plan: ReproducePlan, out: Path, task: str = "all") -> str:
-    default_seeds = (FULL if plan.name == "full" else QUICK).seeds
-    seeds = f" --seeds {plan.seeds}" if plan.seeds != default_seeds else ""
+    base = FULL if plan.name == "full" else QUICK
+    seeds = f" --seeds {plan.seeds}" if plan.seeds != base.seeds else ""
     threads = f" --threads {plan.threads}" if plan.threads else ""
+    device = f" --device {plan.device}" if plan.device != base.device else ""
+    auto = " --auto" if plan.auto and not base.auto else ""
     section = "" if task == "all" else f" --task {task}"
-    return f"mobilecnn reproduce --{plan.name}{section}{seeds}{threads} --out {out}"
+    return f"mobilecnn reproduce --{plan.name}{section}{seeds}{threads}{device}{auto} --out {out}"
 
 
 def write_report(plan: ReproducePlan | None, out: Path, classification: Classification | None) -> dict[str, Any]:
@@ -147,11 +150,12 @@ def _section_plan_name(out: Path) -> str:
 def _plan_changed(plan: ReproducePlan) -> str:
     """A note when the recorded section was measured under an earlier definition of its plan."""
     current = FULL if plan.name == "full" else QUICK if plan.name == "quick" else None
-    keys = ("levels", "table3", "seeds", "epochs", "subset", "batch_size", "lr", "val_subset", "nearest_v2")
-    changed = [k for k in keys if current is not None and getattr(plan, k) != getattr(current, k)]
+    defined = [f.name for f in fields(ReproducePlan) if f.name not in (*OPTION_FIELDS, "name")]
+    changed = [k for k in defined if current is not None and getattr(plan, k) != getattr(current, k)]
     if not changed:
         return ""
-    now = ", ".join(f"{k} {getattr(current, k)!r}" for k in changed)
+    shown = {k: getattr(current, k) for k in changed}
+    now = ", ".join(f"{k} {v!r}" if len(repr(v)) <= 60 else f"{k} ({len(v)} entries)" for k, v in shown.items())
     return (f" It was measured under an earlier definition of the {plan.name} plan; the command now runs {now} "
             "(`reproduce_plan.py`).")
 
@@ -183,8 +187,8 @@ def _classification_text(c: Classification, out: Path) -> tuple[str, dict[str, P
            f"training images, beside that run's fp32 top-1, both on {plan.int8_check_images:,} test images. "
            if plan.int8 else "int8: not in this plan (`export --int8` quantizes a run; --full each model). ")
         + "Latency: the seed-0 "
-        "run in onnxruntime fp32, batch 1, 1 thread, median. Complexity at 32 px (small-input stem); "
-        "the papers' figures are ImageNet at 224 px.",
+        "run in onnxruntime fp32, batch 1, 1 thread, median." + _machines(rows) + " Complexity at 32 px (small-input "
+        "stem); the papers' figures are ImageNet at 224 px.",
         "",
         "### Claims",
         "",
@@ -221,6 +225,21 @@ def _classification_text(c: Classification, out: Path) -> tuple[str, dict[str, P
                      f"{'-' if r.paper_top1_error is None else f'{r.paper_top1_error:g}'} |")
     lines += ["", "### Plots", ""] + [f"![{k}]({Path(p).name})" for k, p in plots.items()]
     return "\n".join(lines) + "\n", plots
+
+
+def _machines(rows: list[ModelResult]) -> str:
+    """The machine the latencies were measured on; when a section was resumed on another one, which models each
+    measured, since latencies do not compare across machines."""
+    by_cpu: dict[str, list[str]] = {}
+    for r in rows:
+        by_cpu.setdefault(r.cpu or "not recorded", []).append(r.key)
+    if set(by_cpu) == {"not recorded"}:
+        return ""
+    if len(by_cpu) == 1:
+        return f" Measured on {next(iter(by_cpu))}."
+    parts = "; ".join(f"{cpu}: {', '.join(f'`{k}`' for k in keys)}" for cpu, keys in by_cpu.items())
+    return (f" **The models were measured on {len(by_cpu)} machines** (the section was resumed on another), so "
+            f"their latencies compare only within one machine: {parts}.")
 
 
 def _verdict(diff: float, a: ModelResult, b: ModelResult) -> str:

@@ -15,7 +15,7 @@ from mobilecnn.deploy.bench import (
     benchmark,
 )
 from mobilecnn.deploy.bench_report import write_bench_outputs
-from mobilecnn.deploy.timing import time_callable
+from mobilecnn.deploy.timing import machine_label, time_callable
 from mobilecnn.device import available_cpus
 
 
@@ -95,3 +95,12 @@ def test_failed_backend_is_a_row_not_an_exception(monkeypatch):
                                                        references=False))
     assert len(rows) == 1 and isinstance(rows[0], BenchRow)
     assert rows[0].median_ms is None and "simulated compiler crash" in " ".join(rows[0].notes)
+
+
+def test_machine_label_names_the_cpu_and_its_bf16(monkeypatch):
+    import mobilecnn.deploy.timing as timing
+
+    monkeypatch.setattr(timing, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert machine_label().endswith(" CPUs, avx512_bf16") and "unknown" not in machine_label()
+    monkeypatch.setattr(timing, "cpu_flags", lambda: {"avx2"})
+    assert machine_label().endswith("no bf16 instructions")

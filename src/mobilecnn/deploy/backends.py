@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import MissingBackendError
 
-__all__ = ["require_backend", "importable", "bf16_supported"]
+__all__ = ["require_backend", "importable", "bf16_supported", "cpu_flags"]
 
 def require_backend(module: str, purpose: str, extra: str = "deploy") -> Any:
     """Import ``module`` or raise :class:`MissingBackendError` naming the extra that installs it."""
@@ -35,7 +35,8 @@ def importable(*modules: str) -> bool:
 _BF16: bool | None = None
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The instruction-set flags /proc/cpuinfo lists (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -57,6 +58,6 @@ def bf16_supported() -> bool:
             caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         except Exception:  # noqa: BLE001 - not installed, or no CPU plugin
             caps = []
-        flags = _cpu_flags()
+        flags = cpu_flags()
         _BF16 = "BF16" in caps and bool(flags & {"avx512_bf16", "amx_bf16"})
     return _BF16

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends import cpu_flags
 from .formats import FORMATS
 from .workers import ChildCrashed
 
-__all__ = ["time_callable", "paired_rounds", "paired_times", "bootstrap_ratio", "machine_info"]
+__all__ = ["time_callable", "paired_rounds", "paired_times", "bootstrap_ratio", "machine_info", "machine_label"]
 
 
 def time_callable(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30, min_time_s: float = 1.0,
@@ -147,6 +148,14 @@ def bootstrap_ratio(a: list[float], b: list[float], *, reps: int = 2000, seed: i
     rng = np.random.default_rng(seed)
     boots = np.median(rng.choice(r, size=(reps, len(r)), replace=True), axis=1)
     return float(np.median(r)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def machine_label() -> str:
+    """The CPU a timing was taken on, in one line: its model name, logical CPUs and native bf16 instructions
+    (machines sold under one name differ by them, and in speed: timings from two labels do not compare)."""
+    cpu = machine_info().get("cpu") or platform.processor() or "unknown CPU"
+    bf16 = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return f"{cpu}, {os.cpu_count()} CPUs" + (f", {'+'.join(bf16)}" if bf16 else ", no bf16 instructions")
 
 
 def machine_info() -> dict[str, Any]:
