@@ -103,6 +103,34 @@ def test_miniature_reproduce_writes_report(tmp_path, monkeypatch, seg_scenes, de
     assert Path(rebuild_report(tmp_path)["report"]).read_text() == before
 
 
+def test_a_model_resumed_between_seeds_records_its_earlier_training(tmp_path, monkeypatch):
+    """A model interrupted after its first seed: its record, and every later total that reuses it, counts the
+    training that the interrupted invocation did (seconds from that run's metrics), not only this invocation's."""
+    import mobilecnn.reproduce as rep
+
+    key = "mobilenet_v1_x0_25"
+    monkeypatch.setattr(rep, "plan_models", lambda plan: [(key, key, True)])
+    monkeypatch.setattr(rep, "_measure", lambda res, first_run, plan: None)
+
+    def fake_train(model, shuffle, seed, plan, run_dir, notify):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text("{}")
+        if not (run_dir / "metrics.jsonl").is_file():  # a finished run is resumed as it is
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_time_s": 5.0}) + "\n")
+        return {"val_top1": 50.0}
+
+    monkeypatch.setattr(rep, "_train_eval", fake_train)
+    seed0 = tmp_path / "runs" / f"{key}-seed0"  # what the interrupted invocation finished
+    seed0.mkdir(parents=True)
+    (seed0 / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_time_s": 100.0}) + "\n")
+    plan = ReproducePlan("test", levels=1, table3=[], seeds=2, epochs=1, subset=256, longer=False,
+                         segmentation=False, detection=False, mobilenet_v2=False)
+    first = run_reproduce(plan, tmp_path)
+    recorded = json.loads((tmp_path / "runs" / f"{key}.result.json").read_text())["seconds"]
+    assert recorded >= 100.0 and first["elapsed_s"] >= 100.0  # seed 1 ran in this invocation: its wall time counts
+    assert run_reproduce(plan, tmp_path)["elapsed_s"] >= 100.0  # reused: the record alone carries it
+
+
 def _fake_results(tmp_path, top1: dict[str, list[float]]) -> None:
 
     from dataclasses import asdict

@@ -110,16 +110,19 @@ def run_reproduce(plan: ReproducePlan, out_dir: str | Path,
                             "reused": True})
             continue
         model_started = time.perf_counter()
+        earlier_s = 0.0  # the training an interrupted invocation recorded in this model's runs, resumed below
         res = _model_result(key, name, shuffle)
         for seed in range(plan.seeds):
             notify("model", {"index": index, "total": len(models), "key": key, "seed": seed})
-            reused_s += training_seconds(out / "runs" / f"{key}-seed{seed}")  # an interrupted run's, resumed below
+            earlier_s += training_seconds(out / "runs" / f"{key}-seed{seed}")
             run = _train_eval(name, shuffle, seed, plan, out / "runs" / f"{key}-seed{seed}", notify)
             res.top1.append(run["val_top1"])
             res.train_time_s.append(training_seconds(out / "runs" / f"{key}-seed{seed}"))
         _measure(res, out / "runs" / f"{key}-seed0", plan)
         results[key] = res
-        _record_finished_model(out, res, plan, time.perf_counter() - model_started)
+        reused_s += earlier_s
+        # the record carries the earlier training too, so that a later invocation reusing it counts all of it
+        _record_finished_model(out, res, plan, time.perf_counter() - model_started + earlier_s)
         notify("done", {"index": index, "total": len(models), "key": key, "top1": res.mean, "reused": False})
     classification = None
     if plan.classification:
