@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,26 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert got.keys() == expected.keys()
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0, msg=k)
+
+
+@needs_fashion
+def test_a_finished_run_without_its_checkpoints_resumes_as_finished(tmp_path):
+    """Checkpoints deleted to save space (or a run folder kept as config.json + metrics.jsonl): --resume returns the
+    recorded result instead of training again from scratch and appending a second history to metrics.jsonl."""
+    out = tmp_path / "run"
+    first = train(tiny(out, epochs=1))
+    shutil.rmtree(out / "checkpoints")
+    before = (out / "metrics.jsonl").read_text()
+    for resume in (True, "auto"):
+        again = train(tiny(out, epochs=1, resume=resume))
+        assert (out / "metrics.jsonl").read_text() == before
+        assert again["val_top1"] == first["val_top1"] and again["step"] == first["step"]
+    # a run cut before its last step is still trained (from scratch: there is nothing to resume from)
+    records = before.splitlines()
+    last = json.loads(records[-1])
+    (out / "metrics.jsonl").write_text("\n".join(records[:-1] + [json.dumps({**last, "step": last["step"] - 1})]) + "\n")
+    trained = train(tiny(out, epochs=1, resume=True))
+    assert trained["step"] == first["step"] and latest_checkpoint(out) is not None
 
 
 @needs_fashion

@@ -290,6 +290,14 @@ def _finish_epoch(run: _Run, val_loader: Batches, epoch: int, in_epoch: int, sta
     return record
 
 
+def _finished_in_records(run_dir: Path, stop_at: int) -> Path | None:
+    """The metrics file of ``run_dir`` when its last record is at the run's last step, else None."""
+    path = run_dir / METRICS_FILE
+    records = read_metrics(path) if path.is_file() else []
+    step = records[-1].get("step") if records else None
+    return path if isinstance(step, int) and step >= stop_at else None
+
+
 def _on_rank0(ddp: DistContext, check: Callable[[], Path | None]) -> Path | None:
     """``check()`` on rank 0, its result shared with every rank; a refusal (a ``MobileCNNError``) is raised on
     every rank with rank 0's message, so none goes on into collectives its peers will never join."""
@@ -359,7 +367,11 @@ def fit(cfg: TrainConfig, callback: Callback | None = None) -> dict[str, Any]:
                          "settings": record_settings, "info": run.info,
                          "resumed_from": str(resume_from) if resume_from else None})
         last_metrics: dict[str, Any] = {}
-        epoch, finished = start_epoch, run.step >= run.stop_at
+        # a finished run whose checkpoints are gone (deleted to save space, or committed without them) is not trained
+        # again from scratch on --resume: its metrics already hold its last step
+        done = _on_rank0(ddp, lambda: _finished_in_records(run_dir, run.stop_at)) if cfg.resume and not resume_from \
+            else None
+        epoch, finished = start_epoch, run.step >= run.stop_at or done is not None
         while not finished and epoch < n_epochs:
             in_epoch, finished = train_one_epoch(run, epoch, start_in_epoch if epoch == start_epoch else 0, stats)
             last_metrics = _finish_epoch(run, val_loader, epoch, in_epoch, stats, finished, n_epochs)
